@@ -1,0 +1,706 @@
+//! Reading, substituting and validating the configuration file.
+//!
+//! serde stops at the first error, but an administrator wants every problem at
+//! once. So the YAML is first read into a generic tree, `${NAME}` references are
+//! replaced, and then each top-level section (and each blacklist entry) is
+//! deserialized on its own, collecting one problem per broken part; finally the
+//! typed config is checked for what types cannot say (a regex that does not
+//! compile, a v2 InfluxDB without a token, ...). Every problem carries its key path.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use super::{BlacklistEntry, Config};
+
+/// One thing wrong with the configuration, at a key path like `udp.listen`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `udp.listen`, `blacklist[0].regex`, ...
+    pub path: String,
+    /// What is wrong, and where it helps, what to write instead.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("{0}")]
+    Yaml(String),
+    /// The file is YAML but some keys are wrong.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// Every problem as one line each.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Loads and validates the file at `path`, with `${NAME}` taken from the environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(&text, &|name| std::env::var(name).ok())
+}
+
+/// Loads and validates YAML text; `env` answers `${NAME}` references.
+pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let mut tree: Value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Yaml(format!("not valid YAML: {e}")))?
+    };
+    let mut problems = Vec::new();
+    substitute_env(&mut tree, &mut String::new(), env, &mut problems);
+
+    let mut config = Config::default();
+    match tree {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (key, value) in map {
+                apply_section(&mut config, &key, value, &mut problems);
+            }
+        }
+        other => problems.push(Problem::new(
+            "",
+            format!(
+                "the file must be a mapping of keys (udp:, http:, ...), not {}",
+                kind(&other)
+            ),
+        )),
+    }
+    if problems.is_empty() {
+        validate(&config, &mut problems);
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Replaces `${NAME}` in every string with the variable's value.
+fn substitute_env(
+    v: &mut Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let Some(end) = after.find('}') else {
+                    problems.push(Problem::new(path.clone(), "\"${\" without a closing \"}\""));
+                    return;
+                };
+                let name = &after[..end];
+                match env(name) {
+                    Some(val) => out.push_str(&val),
+                    None => problems.push(Problem::new(
+                        path.clone(),
+                        format!("environment variable {name} is not set"),
+                    )),
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                substitute_env(item, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                substitute_env(item, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Deserializes `value` as `T`, or records the problem under `prefix`.
+fn section<T: DeserializeOwned>(
+    prefix: &str,
+    value: Value,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = match inner.as_str() {
+                "." | "" => prefix.to_owned(),
+                p if p.starts_with('[') => format!("{prefix}{p}"),
+                p => format!("{prefix}.{p}"),
+            };
+            problems.push(Problem::new(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+fn apply_section(config: &mut Config, key: &str, value: Value, problems: &mut Vec<Problem>) {
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = section(key, value, problems) {
+                config.$field = v;
+            }
+        };
+    }
+    match key {
+        "udp" => set!(udp),
+        "http" => set!(http),
+        "data_dir" => set!(data_dir),
+        "retention" => set!(retention),
+        "sessions" => set!(sessions),
+        "sinks" => set!(sinks),
+        "qlik" => set!(qlik),
+        "tags" => {
+            if let Some(v) = tags(value, problems) {
+                config.tags = v;
+            }
+        }
+        "blacklist" => match value {
+            Value::Null => config.blacklist.clear(),
+            Value::Array(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let path = format!("blacklist[{i}]");
+                    if let Some(entry) = section::<BlacklistEntry>(&path, item, problems) {
+                        config.blacklist.push(entry);
+                    }
+                }
+            }
+            other => problems.push(Problem::new(
+                "blacklist",
+                format!("must be a list of entries, not {}", kind(&other)),
+            )),
+        },
+        other => problems.push(Problem::new(
+            other,
+            "unknown key (expected one of udp, http, data_dir, retention, sessions, blacklist, tags, sinks, qlik)",
+        )),
+    }
+}
+
+/// Tags take any scalar value and keep it as text (`site: 1` is the tag `1`).
+fn tags(
+    value: Value,
+    problems: &mut Vec<Problem>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let map = match value {
+        Value::Null => return Some(Default::default()),
+        Value::Object(map) => map,
+        other => {
+            problems.push(Problem::new(
+                "tags",
+                format!(
+                    "must be a mapping of tag names to values, not {}",
+                    kind(&other)
+                ),
+            ));
+            return None;
+        }
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in map {
+        match scalar_text(&v) {
+            Some(text) => {
+                out.insert(k, text);
+            }
+            None => problems.push(Problem::new(
+                format!("tags.{k}"),
+                format!("must be a single value, not {}", kind(&v)),
+            )),
+        }
+    }
+    Some(out)
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Accepts a string or a number as text (`user_id: 12345`).
+pub(super) fn opt_scalar_string<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let v = Value::deserialize(d)?;
+    match v {
+        Value::Null => Ok(None),
+        v => scalar_text(&v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("must be text, not {}", kind(&v)))),
+    }
+}
+
+/// `0.0.0.0:9997`, `[::]:9997`, with a message that shows the expected form.
+pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let v = Value::deserialize(d)?;
+    let text = scalar_text(&v).unwrap_or_default();
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{v} is not an address like 0.0.0.0:9997 or [::]:9997"
+        ))
+    })
+}
+
+/// A list of IPs or CIDRs; a bare IP means just that address.
+pub(super) fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let v = Option::<Vec<Value>>::deserialize(d)?.unwrap_or_default();
+    v.into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let text = scalar_text(&item).unwrap_or_default();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "[{i}]: {item} is not an IP address or CIDR like 10.0.0.5 or 10.0.0.0/24"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// What types cannot say: forms, ranges, regexes, required-when-enabled keys.
+fn validate(c: &Config, problems: &mut Vec<Problem>) {
+    let mut p = |path: &str, msg: String| problems.push(Problem::new(path, msg));
+
+    if !(1..=65_535).contains(&c.udp.max_datagram_bytes) {
+        p(
+            "udp.max_datagram_bytes",
+            format!("{} is out of range 1..65535", c.udp.max_datagram_bytes),
+        );
+    }
+    if c.http
+        .auth_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        p(
+            "http.auth_token",
+            "is empty: remove it (null) or set a real token".into(),
+        );
+    }
+    if c.sessions.idle_timeout.get().is_zero() {
+        p("sessions.idle_timeout", "must be longer than 0s".into());
+    }
+    if c.retention.get().is_zero() {
+        p("retention", "must be longer than 0s".into());
+    }
+    for (i, e) in c.blacklist.iter().enumerate() {
+        let path = format!("blacklist[{i}]");
+        match (&e.directory, &e.user_id, &e.regex) {
+            (Some(d), _, None) if d.trim().is_empty() => {
+                p(&format!("{path}.directory"), "is empty".into())
+            }
+            (Some(_), Some(u), None) if u.trim().is_empty() => {
+                p(&format!("{path}.user_id"), "is empty".into())
+            }
+            (Some(_), _, None) => {}
+            (None, None, Some(re)) => {
+                if let Err(err) = crate::blacklist::compile_regex(re) {
+                    p(&format!("{path}.regex"), err);
+                }
+            }
+            (None, Some(_), None) => p(
+                &format!("{path}.user_id"),
+                "needs a directory beside it (directory: LAB, user_id: svc_reload)".into(),
+            ),
+            _ => p(
+                &path,
+                "give either directory (with an optional user_id) or regex, not both and not neither"
+                    .into(),
+            ),
+        }
+    }
+    for k in c.tags.keys() {
+        if k.trim().is_empty() {
+            p("tags", "a tag name is empty".into());
+        }
+    }
+
+    let influx = &c.sinks.influxdb;
+    if influx.enabled {
+        check_url(
+            &mut p,
+            "sinks.influxdb.url",
+            &influx.url,
+            &["http", "https"],
+        );
+        match influx.version {
+            1 => {
+                if influx
+                    .database
+                    .as_deref()
+                    .is_none_or(|d| d.trim().is_empty())
+                {
+                    p(
+                        "sinks.influxdb.database",
+                        "is required with version: 1".into(),
+                    );
+                }
+            }
+            2 => {
+                for (key, val) in [
+                    ("org", &influx.org),
+                    ("bucket", &influx.bucket),
+                    ("token", &influx.token),
+                ] {
+                    if val.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                        p(
+                            &format!("sinks.influxdb.{key}"),
+                            "is required with version: 2".into(),
+                        );
+                    }
+                }
+            }
+            3 => p(
+                "sinks.influxdb.version",
+                "3 is written as version: 2 (InfluxDB 3 accepts the v2 write API)".into(),
+            ),
+            v => p("sinks.influxdb.version", format!("{v} is not 1 or 2")),
+        }
+        if influx.batch_size == 0 {
+            p("sinks.influxdb.batch_size", "must be at least 1".into());
+        }
+        if influx.flush_interval.get().is_zero() {
+            p(
+                "sinks.influxdb.flush_interval",
+                "must be longer than 0s".into(),
+            );
+        }
+    }
+    let mqtt = &c.sinks.mqtt;
+    if mqtt.enabled {
+        check_url(&mut p, "sinks.mqtt.url", &mqtt.url, &["mqtt", "mqtts"]);
+        if mqtt.client_id.trim().is_empty() {
+            p("sinks.mqtt.client_id", "is empty".into());
+        }
+    }
+    if mqtt.qos > 2 {
+        p("sinks.mqtt.qos", format!("{} is not 0, 1 or 2", mqtt.qos));
+    }
+    let t = &mqtt.topics;
+    for (key, topic) in [
+        ("all", &t.all),
+        ("session_start", &t.session_start),
+        ("session_stop", &t.session_stop),
+        ("connection_open", &t.connection_open),
+        ("connection_close", &t.connection_close),
+    ] {
+        if let Some(topic) = topic
+            && (topic.is_empty() || topic.contains(['+', '#']))
+        {
+            p(
+                &format!("sinks.mqtt.topics.{key}"),
+                format!(
+                    "{topic:?} is not a topic to publish to (empty, or has + or #); use null to switch it off"
+                ),
+            );
+        }
+    }
+    if let Some(q) = &c.qlik {
+        for (i, proxy) in q.proxies.iter().enumerate() {
+            if proxy.host.trim().is_empty() {
+                p(&format!("qlik.proxies[{i}].host"), "is empty".into());
+            }
+            if proxy.port == 0 {
+                p(&format!("qlik.proxies[{i}].port"), "must not be 0".into());
+            }
+        }
+        if q.reconcile_interval.is_some_and(|d| d.get().is_zero()) {
+            p(
+                "qlik.reconcile_interval",
+                "must be longer than 0s, or null to switch it off".into(),
+            );
+        }
+    }
+}
+
+fn check_url(p: &mut impl FnMut(&str, String), path: &str, url: &str, schemes: &[&str]) {
+    let ok = url
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+    if !ok {
+        p(
+            path,
+            format!(
+                "{url:?} is not a URL starting with {}://",
+                schemes.join(":// or ")
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match load_str(yaml, &no_env) {
+            Ok(_) => vec![],
+            Err(e) => e.lines(),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = load_str("", &no_env).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.udp.listen.to_string(), "0.0.0.0:9997");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9842");
+        assert_eq!(c.sessions.idle_timeout.get(), Duration::from_secs(1800));
+        assert_eq!(c.retention.get(), Duration::from_secs(90 * 86_400));
+        assert!(c.sinks.prometheus.enabled);
+        assert_eq!(
+            c.sinks.mqtt.topics.all.as_deref(),
+            Some("qliksense/userevent")
+        );
+    }
+
+    #[test]
+    fn the_shipped_config_file_validates() {
+        let text = include_str!("../../config/whosin.yaml");
+        let c = load_str(text, &no_env).unwrap();
+        assert_eq!(c.udp.listen.to_string(), "0.0.0.0:9997");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9842");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn every_problem_is_named_by_key_path() {
+        let got = problems(
+            r#"
+udp:
+  listen: "x"
+http:
+  lisen: "127.0.0.1:1"
+retention: 30
+blacklist:
+  - regex: '^LAB\\(test'
+  - directory: LAB
+    regex: x
+  - user_id: bob
+sessions:
+  idle_timeout: "5 minutes"
+colour: blue
+"#,
+        );
+        let want_prefixes = [
+            "udp.listen: \"x\" is not an address like 0.0.0.0:9997",
+            "http.lisen: unknown field `lisen`",
+            "retention: 30 has no unit",
+            "blacklist[0].regex:",
+            "blacklist[1]: give either directory",
+            "blacklist[2].user_id: needs a directory",
+            "sessions.idle_timeout: \"5 minutes\" is not a duration",
+            "colour: unknown key",
+        ];
+        // Semantic checks (blacklist forms) run only once types are right, so
+        // check the type-level problems first, then the semantic ones.
+        for want in &want_prefixes[..3] {
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "missing {want:?} in {got:#?}"
+            );
+        }
+        assert!(
+            got.iter().any(|g| g.starts_with(want_prefixes[6])),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter().any(|g| g.starts_with(want_prefixes[7])),
+            "{got:#?}"
+        );
+
+        let got = problems(
+            r#"
+blacklist:
+  - regex: '^LAB\\(test'
+  - directory: LAB
+    regex: x
+  - user_id: bob
+"#,
+        );
+        for want in &want_prefixes[3..6] {
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "missing {want:?} in {got:#?}"
+            );
+        }
+        assert!(got[0].contains("unclosed group"), "{got:#?}");
+    }
+
+    #[test]
+    fn sinks_need_their_keys_when_enabled() {
+        let got = problems(
+            r#"
+sinks:
+  influxdb:
+    enabled: true
+    url: "localhost:8086"
+    version: 2
+  mqtt:
+    enabled: true
+    url: "tcp://x"
+    qos: 3
+    topics:
+      all: "a/#"
+"#,
+        );
+        for want in [
+            "sinks.influxdb.url:",
+            "sinks.influxdb.org: is required with version: 2",
+            "sinks.influxdb.bucket:",
+            "sinks.influxdb.token:",
+            "sinks.mqtt.url:",
+            "sinks.mqtt.qos: 3 is not 0, 1 or 2",
+            "sinks.mqtt.topics.all:",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "missing {want:?} in {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_references_are_replaced_or_named() {
+        let env = |n: &str| (n == "TOKEN").then(|| "s3cret".to_owned());
+        let c = load_str("http:\n  auth_token: \"Bearer-${TOKEN}\"\n", &env).unwrap();
+        assert_eq!(c.http.auth_token.as_deref(), Some("Bearer-s3cret"));
+        let err = load_str("sinks:\n  influxdb:\n    password: \"${NOPE}\"\n", &env).unwrap_err();
+        assert_eq!(
+            err.lines(),
+            vec!["sinks.influxdb.password: environment variable NOPE is not set"]
+        );
+    }
+
+    #[test]
+    fn numbers_are_text_where_text_is_expected() {
+        let c = load_str(
+            "tags:\n  site: 1\n  prod: true\nblacklist:\n  - directory: 42\n    user_id: 12345\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.tags["site"], "1");
+        assert_eq!(c.tags["prod"], "true");
+        assert_eq!(c.blacklist[0].user_id.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn sources_accept_ips_and_cidrs() {
+        let c = load_str(
+            "udp:\n  listen: \"[::]:9997\"\n  allowed_sources: [\"10.0.0.5\", \"192.168.1.0/24\", \"::1\"]\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.udp.allowed_sources.len(), 3);
+        assert_eq!(c.udp.allowed_sources[0].to_string(), "10.0.0.5/32");
+        let got = problems("udp:\n  allowed_sources: [\"10.0.0.300\"]\n");
+        assert!(
+            got[0].starts_with("udp.allowed_sources: [0]: \"10.0.0.300\""),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn null_topics_switch_off_and_null_reconcile_too() {
+        let c = load_str(
+            "sinks:\n  mqtt:\n    topics:\n      all: null\nqlik:\n  proxies: [{host: qs1}]\n  certificates: {client: a, client_key: b, root: c}\n  reconcile_interval: null\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.sinks.mqtt.topics.all, None);
+        assert!(c.sinks.mqtt.topics.session_start.is_some());
+        let q = c.qlik.unwrap();
+        assert_eq!(q.reconcile_interval, None);
+        assert_eq!(q.proxies[0].port, 4243);
+        assert_eq!(q.proxies[0].virtual_proxies, vec![String::new()]);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_reported() {
+        let err = load_str("udp: [\n", &no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::Yaml(_)));
+        assert!(problems("- a\n- b\n")[0].contains("must be a mapping"));
+    }
+}

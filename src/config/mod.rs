@@ -1,0 +1,335 @@
+//! Typed configuration, loaded from YAML and validated with key paths.
+//!
+//! Every option is documented once, here, on its field; `docs/configuration.md`
+//! and `config/whosin.yaml` say the same thing. Loading ([`load`]) reports every
+//! problem it can find by key path, so an administrator fixes a file in one go.
+
+mod duration;
+mod load;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use duration::{DurationError, HumanDuration};
+pub use load::{ConfigError, Problem, load, load_str};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the Qlik proxy's log appender sends its datagrams.
+    pub udp: UdpConfig,
+    /// The web page, JSON API and `/metrics`.
+    pub http: HttpConfig,
+    /// The folder of the embedded journal.
+    pub data_dir: PathBuf,
+    /// How long the journal keeps events and sessions.
+    pub retention: HumanDuration,
+    /// How sessions are tracked.
+    pub sessions: SessionsConfig,
+    /// Users whose events are dropped everywhere (service accounts).
+    pub blacklist: Vec<BlacklistEntry>,
+    /// Tags added to every InfluxDB point and MQTT payload.
+    pub tags: BTreeMap<String, String>,
+    /// Where events go.
+    pub sinks: SinksConfig,
+    /// The Qlik proxy service API (optional).
+    pub qlik: Option<QlikConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            udp: UdpConfig::default(),
+            http: HttpConfig::default(),
+            data_dir: PathBuf::from("./data"),
+            retention: HumanDuration::from_secs(90 * 86_400),
+            sessions: SessionsConfig::default(),
+            blacklist: Vec::new(),
+            tags: BTreeMap::new(),
+            sinks: SinksConfig::default(),
+            qlik: None,
+        }
+    }
+}
+
+/// `udp:` the listening socket.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    /// Address and port to listen on, IPv4 or IPv6 (`[::]:9997`).
+    #[serde(deserialize_with = "load::socket_addr")]
+    pub listen: SocketAddr,
+    /// Source IPs or CIDRs allowed to send; empty accepts every source.
+    #[serde(deserialize_with = "load::nets")]
+    pub allowed_sources: Vec<ipnet::IpNet>,
+    /// Datagrams longer than this are rejected as `too_large`.
+    pub max_datagram_bytes: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9997)),
+            allowed_sources: Vec::new(),
+            max_datagram_bytes: 65_507,
+        }
+    }
+}
+
+/// `http:` the web page, API and metrics endpoint.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port to listen on; loopback by default.
+    #[serde(deserialize_with = "load::socket_addr")]
+    pub listen: SocketAddr,
+    /// When set, `/api/*` requires `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9842)),
+            auth_token: None,
+        }
+    }
+}
+
+/// `sessions:` how sessions are tracked.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A session with no open connection and no event for this long ends as expired.
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: HumanDuration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// One `blacklist:` entry: a whole directory, one user, or a regex.
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BlacklistEntry {
+    /// A user directory (alone: the whole directory; with `user_id`: one user).
+    #[serde(default, deserialize_with = "load::opt_scalar_string")]
+    pub directory: Option<String>,
+    /// A user id within `directory`.
+    #[serde(default, deserialize_with = "load::opt_scalar_string")]
+    pub user_id: Option<String>,
+    /// A regex on `DIRECTORY\userid`, case-insensitive.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// `sinks:` where events go.
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// InfluxDB v1 or v2 write API.
+    pub influxdb: InfluxConfig,
+    /// MQTT broker.
+    pub mqtt: MqttConfig,
+    /// Prometheus exposition at `/metrics`.
+    pub prometheus: PrometheusConfig,
+}
+
+/// `sinks.influxdb:` Butler SOS-compatible points.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InfluxConfig {
+    /// Send to InfluxDB.
+    pub enabled: bool,
+    /// Base URL of the server.
+    pub url: String,
+    /// Write API: 1 (`/write`) or 2 (`/api/v2/write`, also InfluxDB 3).
+    pub version: u8,
+    /// v1: database.
+    pub database: Option<String>,
+    /// v1: user name.
+    pub username: Option<String>,
+    /// v1: password.
+    pub password: Option<String>,
+    /// v1: retention policy (the database default when unset).
+    pub retention_policy: Option<String>,
+    /// v2: organisation.
+    pub org: Option<String>,
+    /// v2: bucket.
+    pub bucket: Option<String>,
+    /// v2: API token.
+    pub token: Option<String>,
+    /// Most points in one write.
+    pub batch_size: usize,
+    /// Longest wait before a partial batch is written.
+    pub flush_interval: HumanDuration,
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: "http://127.0.0.1:8086".into(),
+            version: 1,
+            database: Some("senseops".into()),
+            username: None,
+            password: None,
+            retention_policy: None,
+            org: None,
+            bucket: None,
+            token: None,
+            batch_size: 5000,
+            flush_interval: HumanDuration::from_secs(1),
+        }
+    }
+}
+
+/// `sinks.mqtt:` Butler SOS-compatible messages.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Publish to MQTT.
+    pub enabled: bool,
+    /// `mqtt://host:port`, or `mqtts://` for TLS.
+    pub url: String,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Optional user name.
+    pub username: Option<String>,
+    /// Optional password.
+    pub password: Option<String>,
+    /// QoS 0, 1 or 2.
+    pub qos: u8,
+    /// Topics; any can be `null` to switch it off.
+    pub topics: MqttTopics,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "whosin".into(),
+            username: None,
+            password: None,
+            qos: 1,
+            topics: MqttTopics::default(),
+        }
+    }
+}
+
+/// `sinks.mqtt.topics:` Butler SOS's defaults.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttTopics {
+    /// Every event.
+    pub all: Option<String>,
+    /// `Start session` events.
+    pub session_start: Option<String>,
+    /// `Stop session` events.
+    pub session_stop: Option<String>,
+    /// `Open connection` events.
+    pub connection_open: Option<String>,
+    /// `Close connection` events.
+    pub connection_close: Option<String>,
+}
+
+impl Default for MqttTopics {
+    fn default() -> Self {
+        Self {
+            all: Some("qliksense/userevent".into()),
+            session_start: Some("qliksense/userevent/session/start".into()),
+            session_stop: Some("qliksense/userevent/session/stop".into()),
+            connection_open: Some("qliksense/userevent/connection/open".into()),
+            connection_close: Some("qliksense/userevent/connection/close".into()),
+        }
+    }
+}
+
+/// `sinks.prometheus:` the `/metrics` endpoint.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Serve `/metrics` on `http.listen`.
+    pub enabled: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `qlik:` the proxy service API.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QlikConfig {
+    /// The proxy nodes.
+    #[serde(default)]
+    pub proxies: Vec<QlikProxy>,
+    /// Certificates exported from the QMC.
+    pub certificates: QlikCertificates,
+    /// Accept a proxy certificate whose name does not match the host.
+    #[serde(default)]
+    pub accept_invalid_hostnames: bool,
+    /// How often whosin compares its sessions with the proxy's; `null` switches it off.
+    #[serde(default = "default_reconcile")]
+    pub reconcile_interval: Option<HumanDuration>,
+    /// Timeout of one request to the proxy.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+}
+
+fn default_reconcile() -> Option<HumanDuration> {
+    Some(HumanDuration::from_secs(300))
+}
+
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+/// One proxy node under `qlik.proxies`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QlikProxy {
+    /// Host name of the proxy node.
+    pub host: String,
+    /// Proxy API port.
+    #[serde(default = "default_qps_port")]
+    pub port: u16,
+    /// Virtual proxy prefixes; `""` is the default virtual proxy.
+    #[serde(default = "default_virtual_proxies")]
+    pub virtual_proxies: Vec<String>,
+    /// The node name Qlik writes in events, when it differs from `host`.
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+fn default_qps_port() -> u16 {
+    4243
+}
+
+fn default_virtual_proxies() -> Vec<String> {
+    vec![String::new()]
+}
+
+/// `qlik.certificates:` PEM files exported from the QMC.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QlikCertificates {
+    /// `client.pem`
+    pub client: PathBuf,
+    /// `client_key.pem`
+    pub client_key: PathBuf,
+    /// `root.pem`
+    pub root: PathBuf,
+}

@@ -1,0 +1,224 @@
+//! `whosin run`: wires the pipeline together and runs it until a signal.
+//!
+//! ```text
+//! UDP socket ─▶ receive thread (parse, count) ─▶ core thread (blacklist, state, gauges)
+//!                                                     ▲
+//! config file watcher ─────── Reload ─────────────────┘
+//! HTTP server (tokio): /metrics, /healthz, /readyz
+//! ```
+//!
+//! Shutdown on SIGINT/SIGTERM: the receive thread stops reading and hands over
+//! what it has, the core drains its channel, then the HTTP server closes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+use crate::blacklist::Blacklist;
+use crate::config::{self, Config};
+use crate::http::{AppState, Health};
+use crate::ingest::{self, IngestSettings};
+use crate::metrics::Metrics;
+use crate::sessions::{self, Core, CoreSettings, Input};
+
+/// A failure that maps to exit code 2 (bad configuration), not 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadConfig(pub String);
+
+/// Builds the core's settings from a validated config.
+pub fn core_settings(c: &Config) -> anyhow::Result<CoreSettings> {
+    Ok(CoreSettings {
+        blacklist: Blacklist::new(&c.blacklist).context("compiling the blacklist")?,
+        idle_timeout: c.sessions.idle_timeout.get(),
+    })
+}
+
+/// Runs the daemon with the config file at `path` until SIGINT or SIGTERM.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let config = config::load(path).map_err(|e| {
+        BadConfig(format!(
+            "{} is not usable:\n  {}\nrun `whosin check-config -c {}` after fixing it",
+            path.display(),
+            e.lines().join("\n  "),
+            path.display()
+        ))
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("whosin-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(path, config))
+}
+
+async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {}: choose a writable folder in data_dir",
+            config.data_dir.display()
+        )
+    })?;
+    ingest::useragent::warm_up();
+
+    let metrics = Metrics::new(&[]);
+    let (sock, granted) = ingest::udp::bind(config.udp.listen).with_context(|| {
+        format!(
+            "cannot listen for UDP on {}: is another whosin or Butler SOS using the port? Change udp.listen",
+            config.udp.listen
+        )
+    })?;
+    let udp_addr = sock.local_addr()?;
+    if granted < ingest::udp::RECV_BUFFER_BYTES {
+        tracing::warn!(
+            "the kernel granted a UDP receive buffer of {granted} bytes, not the {} asked for; bursts may be dropped (raise net.core.rmem_max, or run with CAP_NET_ADMIN)",
+            ingest::udp::RECV_BUFFER_BYTES
+        );
+    } else {
+        tracing::info!("UDP receive buffer: {granted} bytes");
+    }
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}: is the port in use? Change http.listen",
+                config.http.listen
+            )
+        })?;
+    let http_addr: SocketAddr = listener.local_addr()?;
+
+    let health = Arc::new(Health {
+        udp_bound: AtomicBool::new(true),
+        udp_listen: udp_addr.to_string(),
+        data_dir: config.data_dir.clone(),
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<Input>();
+    let core = Core::new(Arc::new(core_settings(&config)?), metrics.clone());
+    let core_thread = sessions::spawn(core, rx)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest_thread = ingest::spawn(
+        sock,
+        IngestSettings {
+            max_datagram_bytes: config.udp.max_datagram_bytes,
+            allowed_sources: config.udp.allowed_sources.clone(),
+        },
+        metrics.clone(),
+        tx.clone(),
+        stop.clone(),
+    )?;
+
+    let _watch = start_watch(path, config.clone(), tx.clone(), metrics.clone());
+    drop(tx);
+
+    let app = crate::http::router(AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        prometheus_enabled: config.sinks.prometheus.enabled,
+    });
+    // Tests and scripts read this line to learn the ports (0 in the config picks free ones).
+    println!(
+        "whosin: listening for Qlik user events on udp {udp_addr}; page, API and /metrics on http://{http_addr}"
+    );
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+
+    tracing::info!("shutting down: finishing the events in hand");
+    stop.store(true, Ordering::Relaxed);
+    health.udp_bound.store(false, Ordering::Relaxed);
+    let _ = ingest_thread.join();
+    drop(_watch);
+    let _ = core_thread.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Watches the config file; applies what can change live and counts the result.
+fn start_watch(
+    path: &Path,
+    initial: Config,
+    tx: std::sync::mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+) -> Option<config::watch::Watch> {
+    let current = std::sync::Mutex::new(initial);
+    let shown = path.display().to_string();
+    let tx = std::sync::Mutex::new(tx);
+    let result = config::watch::watch(path, move |loaded| {
+        let new = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(
+                    "config change in {shown} refused, the previous settings stay:\n  {}",
+                    e.lines().join("\n  ")
+                );
+                return;
+            }
+        };
+        let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == new {
+            return;
+        }
+        for (key, changed) in [
+            ("udp", current.udp != new.udp),
+            ("http", current.http != new.http),
+            ("data_dir", current.data_dir != new.data_dir),
+        ] {
+            if changed {
+                tracing::warn!("{key} changed in {shown}: restart whosin to apply it");
+            }
+        }
+        match core_settings(&new) {
+            Ok(settings) => {
+                let _ = tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(Input::Reload(Arc::new(settings)));
+                metrics.config_reloads.with_label_values(&["applied"]).inc();
+                tracing::info!("config reloaded from {shown}");
+                *current = new;
+            }
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!("config change in {shown} refused: {e:#}");
+            }
+        }
+    });
+    match result {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {} for changes ({e}); restart whosin to apply edits",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

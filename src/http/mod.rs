@@ -1,0 +1,106 @@
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz` (the page and API come with the journal).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+
+/// What readiness is made of.
+pub struct Health {
+    /// The UDP socket is bound and being read.
+    pub udp_bound: AtomicBool,
+    /// The UDP address, for the readiness body.
+    pub udp_listen: String,
+    /// Where the journal lives; ready only while it is writable.
+    pub data_dir: PathBuf,
+}
+
+impl Health {
+    /// Checks that `data_dir` takes a write, returning why not.
+    pub fn journal_writable(&self) -> Result<(), String> {
+        let probe = self.data_dir.join(".whosin-ready-probe");
+        std::fs::write(&probe, b"ok")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| format!("cannot write in {}: {e}", self.data_dir.display()))
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Readiness parts.
+    pub health: Arc<Health>,
+    /// Whether `/metrics` is served (`sinks.prometheus.enabled`).
+    pub prometheus_enabled: bool,
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    if !s.prometheus_enabled {
+        return (
+            StatusCode::NOT_FOUND,
+            "Prometheus metrics are switched off (sinks.prometheus.enabled: false)\n",
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let udp_ok = s.health.udp_bound.load(Ordering::Relaxed);
+    let health = s.health.clone();
+    let journal = tokio::task::spawn_blocking(move || health.journal_writable())
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let ready = udp_ok && journal.is_ok();
+    let part =
+        |ok: bool, detail: String| json!({"state": if ok {"ok"} else {"failed"}, "detail": detail});
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "parts": {
+            "udp": part(udp_ok, if udp_ok { format!("listening on {}", s.health.udp_listen) } else { "not bound".into() }),
+            "journal": match &journal {
+                Ok(()) => part(true, format!("{} is writable", s.health.data_dir.display())),
+                Err(e) => part(false, e.clone()),
+            },
+            "sinks": {
+                "prometheus": part(true, if s.prometheus_enabled { "served at /metrics".into() } else { "disabled".into() }),
+            },
+        },
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}

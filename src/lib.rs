@@ -1,0 +1,15 @@
+//! whosin: who is logged in to Qlik Sense, live and after the fact.
+//!
+//! Data flows one way: UDP socket → parser ([`ingest`]) → blacklist and live
+//! state ([`sessions`]) → metrics ([`metrics`], served by [`http`]). The binary
+//! (`src/main.rs`) only parses the command line and calls into this library.
+
+pub mod blacklist;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod sessions;
+pub mod simulate;

@@ -1,0 +1,160 @@
+//! The `whosin` command line: parse arguments, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use whosin::config::HumanDuration;
+use whosin::simulate::{self, WireFormat};
+
+/// Who is logged in to Qlik Sense, live and after the fact.
+#[derive(Parser)]
+#[command(name = "whosin", version, about)]
+struct Cli {
+    /// Configuration file (for plain `whosin`, which runs the daemon).
+    #[arg(short, long, default_value = "config/whosin.yaml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration: exit 0, or 2 with every problem by key path.
+    CheckConfig,
+    /// Send realistic Qlik proxy traffic to a whosin (or Butler SOS).
+    Simulate {
+        /// Where to send the datagrams.
+        #[arg(long, default_value = "127.0.0.1:9997")]
+        target: String,
+        /// Distinct users.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Qlik nodes.
+        #[arg(long, default_value_t = 2)]
+        hosts: usize,
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// How long to send, e.g. 30s or 5m.
+        #[arg(long, default_value = "30s")]
+        duration: HumanDuration,
+        /// Wire format.
+        #[arg(long, value_enum, default_value_t = WireFormat::Legacy)]
+        format: WireFormat,
+        /// Seed for repeatable traffic.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write a JSON report (what was sent, what whosin should show) to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Run => match whosin::daemon::run(&cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("whosin: {e:#}");
+                if e.downcast_ref::<whosin::daemon::BadConfig>().is_some() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+        },
+        Cmd::CheckConfig => check_config(&cli.config),
+        Cmd::Simulate {
+            target,
+            users,
+            hosts,
+            rate,
+            duration,
+            format,
+            seed,
+            report,
+        } => {
+            let target = match resolve(&target) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("whosin simulate: --target {target}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = simulate::Options {
+                target,
+                users,
+                hosts,
+                rate,
+                duration: duration.get(),
+                format,
+                seed,
+                progress: true,
+            };
+            match simulate::run(&opts) {
+                Ok(r) => {
+                    if let Some(path) = report {
+                        let json = serde_json::to_string_pretty(&r).expect("the report serializes");
+                        if let Err(e) = std::fs::write(&path, json) {
+                            eprintln!("whosin simulate: cannot write {}: {e}", path.display());
+                            return ExitCode::from(1);
+                        }
+                    }
+                    println!(
+                        "sent {} datagrams to {target} in {:.1}s ({:.0}/s), {} of them from service accounts",
+                        r.sent,
+                        r.seconds,
+                        r.sent as f64 / r.seconds.max(1e-9),
+                        r.service_account_events
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("whosin simulate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn resolve(target: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("not a host:port ({e})"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_owned())
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match whosin::config::load(path) {
+        Ok(_) => {
+            println!("{} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let lines = e.lines();
+            eprintln!(
+                "{} has {} problem{}:",
+                path.display(),
+                lines.len(),
+                if lines.len() == 1 { "" } else { "s" }
+            );
+            for l in lines {
+                eprintln!("  {l}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

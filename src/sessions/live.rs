@@ -1,0 +1,574 @@
+//! The live picture: who has how many sessions and connections on which host.
+//!
+//! Sessions and connections are *counted*, not set: two `Start session` datagrams
+//! of one user on one host are two sessions until two stops (several browsers,
+//! incognito windows). The legacy format has no session id, so a stop ends the
+//! user's oldest session on that host and a close ends their oldest connection to
+//! that app; when the extended format carries Qlik's proxy session id, the id
+//! decides. A stop or close with nothing to end is reported as unmatched and
+//! changes nothing, so no count ever goes below zero.
+//!
+//! UDP loses datagrams and Qlik may time a session out without a word, so a
+//! session with no open connection and no event for the idle timeout ends as
+//! *expired* ([`LiveState::expire`]).
+//!
+//! This type is deterministic: the same events and expiry calls give the same
+//! state, which is what lets the journal rebuild it after a restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::event::{Command, Event, UserAgent};
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// A `Stop session` ended it.
+    Stopped,
+    /// No connection and no event for the idle timeout.
+    Expired,
+}
+
+/// A session that just ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    /// The host it was on.
+    pub host: String,
+    /// How it ended.
+    pub reason: EndReason,
+    /// How long it lasted.
+    pub duration: Duration,
+}
+
+/// What one event did to the state.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// The event was a stop or close with nothing to end.
+    pub unmatched: bool,
+    /// The event's host had not been seen before.
+    pub new_host: bool,
+    /// Sessions the event ended.
+    pub ended: Vec<Ended>,
+}
+
+/// One open proxy session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    /// Qlik's proxy session id, when the extended format carried one.
+    pub proxy_session_id: Option<String>,
+    /// When it started (event time), or when whosin first saw it.
+    pub started_at: Timestamp,
+    /// When whosin last received an event of this session.
+    pub last_event: Timestamp,
+    /// Browser and OS, from the first event that had a user agent.
+    pub user_agent: Option<Arc<UserAgent>>,
+    /// It was not started by a `Start session` but implied by a connection.
+    pub implied: bool,
+}
+
+/// One open connection (an app or hub tab).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Connection {
+    /// The app GUID, or the context without its query when there is none.
+    pub app_key: String,
+    /// The app GUID, when the context had one.
+    pub app_id: Option<String>,
+    /// Qlik's proxy session id, when the extended format carried one.
+    pub proxy_session_id: Option<String>,
+    /// When it opened (event time).
+    pub opened_at: Timestamp,
+}
+
+/// One user on one host.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserState {
+    /// The directory as first seen.
+    pub user_directory: String,
+    /// The user id as first seen.
+    pub user_id: String,
+    /// Open sessions, oldest first.
+    pub sessions: Vec<Session>,
+    /// Open connections, oldest first.
+    pub connections: Vec<Connection>,
+}
+
+/// One host's users and counts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostState {
+    /// Users with at least one session, by lower-cased `dir\id`.
+    pub users: HashMap<String, UserState>,
+    /// Open sessions on this host.
+    pub sessions: usize,
+    /// Open connections on this host.
+    pub connections: usize,
+}
+
+/// Counts for one host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Open connections.
+    pub connections: usize,
+    /// Distinct users with a session.
+    pub users: usize,
+}
+
+/// Every host's live sessions.
+#[derive(Clone, Debug)]
+pub struct LiveState {
+    hosts: HashMap<String, HostState>,
+    idle_timeout: Duration,
+}
+
+/// The key a user is tracked under: `dir\id`, lower-cased.
+pub fn user_key(dir: &str, id: &str) -> String {
+    let mut k = String::with_capacity(dir.len() + id.len() + 1);
+    k.push_str(&dir.to_lowercase());
+    k.push('\\');
+    k.push_str(&id.to_lowercase());
+    k
+}
+
+/// The app a connection is to: its GUID, else the context without its query.
+fn app_key(ev: &Event) -> String {
+    match &ev.app_id {
+        Some(id) => id.clone(),
+        None => {
+            let c = ev.context.split(['?', '#']).next().unwrap_or("");
+            c.trim_start_matches('/').to_lowercase()
+        }
+    }
+}
+
+fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    let d = to.duration_since(from);
+    d.try_into().unwrap_or(Duration::ZERO)
+}
+
+impl LiveState {
+    /// An empty state whose sessions expire after `idle_timeout`.
+    pub fn new(idle_timeout: Duration) -> Self {
+        Self {
+            hosts: HashMap::new(),
+            idle_timeout,
+        }
+    }
+
+    /// Changes the idle timeout (config reload).
+    pub fn set_idle_timeout(&mut self, idle_timeout: Duration) {
+        self.idle_timeout = idle_timeout;
+    }
+
+    /// The counts of one host (zero when unknown).
+    pub fn counts(&self, host: &str) -> Counts {
+        self.hosts
+            .get(host)
+            .map_or_else(Counts::default, |h| Counts {
+                sessions: h.sessions,
+                connections: h.connections,
+                users: h.users.len(),
+            })
+    }
+
+    /// Every host seen so far, with its state.
+    pub fn hosts(&self) -> impl Iterator<Item = (&String, &HostState)> {
+        self.hosts.iter()
+    }
+
+    /// Applies one accepted, non-blacklisted event.
+    pub fn apply(&mut self, ev: &Event) -> Outcome {
+        let mut out = Outcome::default();
+        let host = match self.hosts.get_mut(&ev.host) {
+            Some(h) => h,
+            None => {
+                out.new_host = true;
+                self.hosts.entry(ev.host.clone()).or_default()
+            }
+        };
+        let key = user_key(&ev.user_directory, &ev.user_id);
+        let sid = ev.proxy_session_id.as_deref();
+
+        match ev.command {
+            Command::SessionStart => {
+                let user = host.users.entry(key).or_insert_with(|| UserState {
+                    user_directory: ev.user_directory.clone(),
+                    user_id: ev.user_id.clone(),
+                    ..Default::default()
+                });
+                // A proxy session id names one session: a repeated start of the
+                // same id is the same session, not a second one.
+                let existing = sid.and_then(|s| {
+                    user.sessions
+                        .iter()
+                        .position(|x| x.proxy_session_id.as_deref() == Some(s))
+                });
+                if existing.is_none() {
+                    user.sessions.push(Session {
+                        proxy_session_id: ev.proxy_session_id.clone(),
+                        started_at: ev.time(),
+                        last_event: ev.received_at,
+                        user_agent: ev.user_agent.clone(),
+                        implied: false,
+                    });
+                    host.sessions += 1;
+                }
+                touch(user, ev);
+            }
+            Command::SessionStop => {
+                let Some(user) = host.users.get_mut(&key) else {
+                    out.unmatched = true;
+                    return out;
+                };
+                let pos = match sid {
+                    Some(s) => user
+                        .sessions
+                        .iter()
+                        .position(|x| x.proxy_session_id.as_deref() == Some(s)),
+                    None => (!user.sessions.is_empty()).then_some(0),
+                };
+                let Some(pos) = pos else {
+                    out.unmatched = true;
+                    touch(user, ev);
+                    return out;
+                };
+                let s = user.sessions.remove(pos);
+                host.sessions -= 1;
+                out.ended.push(Ended {
+                    host: ev.host.clone(),
+                    reason: EndReason::Stopped,
+                    duration: elapsed(s.started_at, ev.time()),
+                });
+                let before = user.connections.len();
+                if user.sessions.is_empty() {
+                    // The user's last session here ended: their tabs are gone too.
+                    user.connections.clear();
+                } else if let Some(s) = sid {
+                    user.connections
+                        .retain(|c| c.proxy_session_id.as_deref() != Some(s));
+                }
+                host.connections -= before - user.connections.len();
+                if user.sessions.is_empty() {
+                    host.users.remove(&key);
+                }
+            }
+            Command::ConnectionOpen => {
+                let user = host.users.entry(key).or_insert_with(|| UserState {
+                    user_directory: ev.user_directory.clone(),
+                    user_id: ev.user_id.clone(),
+                    ..Default::default()
+                });
+                let has_session = match sid {
+                    Some(s) => user
+                        .sessions
+                        .iter()
+                        .any(|x| x.proxy_session_id.as_deref() == Some(s)),
+                    None => !user.sessions.is_empty(),
+                };
+                if !has_session {
+                    // A connection needs a session: the start was lost or
+                    // happened before whosin was listening.
+                    user.sessions.push(Session {
+                        proxy_session_id: ev.proxy_session_id.clone(),
+                        started_at: ev.time(),
+                        last_event: ev.received_at,
+                        user_agent: ev.user_agent.clone(),
+                        implied: true,
+                    });
+                    host.sessions += 1;
+                }
+                user.connections.push(Connection {
+                    app_key: app_key(ev),
+                    app_id: ev.app_id.clone(),
+                    proxy_session_id: ev.proxy_session_id.clone(),
+                    opened_at: ev.time(),
+                });
+                host.connections += 1;
+                touch(user, ev);
+            }
+            Command::ConnectionClose => {
+                let Some(user) = host.users.get_mut(&key) else {
+                    out.unmatched = true;
+                    return out;
+                };
+                let app = app_key(ev);
+                let pos = user.connections.iter().position(|c| {
+                    c.app_key == app && (sid.is_none() || c.proxy_session_id.as_deref() == sid)
+                });
+                match pos {
+                    Some(pos) => {
+                        user.connections.remove(pos);
+                        host.connections -= 1;
+                    }
+                    None => out.unmatched = true,
+                }
+                touch(user, ev);
+            }
+        }
+        out
+    }
+
+    /// Ends, as expired, every session with no open connection and no event
+    /// for the idle timeout as of `now`.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Ended> {
+        let mut ended = Vec::new();
+        let timeout = self.idle_timeout;
+        for (name, host) in self.hosts.iter_mut() {
+            let mut dropped_connections = 0;
+            let mut expired_sessions = 0;
+            host.users.retain(|_, user| {
+                let conns = &user.connections;
+                user.sessions.retain(|s| {
+                    let busy = conns.iter().any(|c| match &s.proxy_session_id {
+                        Some(id) => c.proxy_session_id.as_ref() == Some(id),
+                        None => c.proxy_session_id.is_none(),
+                    });
+                    if busy || elapsed(s.last_event, now) < timeout {
+                        return true;
+                    }
+                    ended.push(Ended {
+                        host: name.clone(),
+                        reason: EndReason::Expired,
+                        duration: elapsed(s.started_at, now),
+                    });
+                    expired_sessions += 1;
+                    false
+                });
+                if user.sessions.is_empty() {
+                    dropped_connections += user.connections.len();
+                    return false;
+                }
+                true
+            });
+            host.sessions -= expired_sessions;
+            host.connections -= dropped_connections;
+        }
+        ended
+    }
+}
+
+/// Records activity on the sessions an event belongs to.
+fn touch(user: &mut UserState, ev: &Event) {
+    let sid = ev.proxy_session_id.as_deref();
+    for s in user.sessions.iter_mut() {
+        if sid.is_none() || s.proxy_session_id.as_deref() == sid {
+            s.last_event = s.last_event.max(ev.received_at);
+            if s.user_agent.is_none() {
+                s.user_agent = ev.user_agent.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Format, Stream};
+
+    fn ev(cmd: Command, host: &str, user: &str, ctx: &str, secs: i64) -> Event {
+        let (dir, id) = user.split_once('\\').unwrap();
+        let at = Timestamp::from_second(1_800_000_000 + secs).unwrap();
+        Event {
+            received_at: at,
+            source_time: None,
+            source_seq: None,
+            format: Format::Legacy,
+            stream: Stream::Session,
+            host: host.into(),
+            command: cmd,
+            user_directory: dir.into(),
+            user_id: id.into(),
+            origin: String::new(),
+            context: ctx.into(),
+            proxy_session_id: None,
+            message: String::new(),
+            app_id: crate::ingest::parse::app_id_of(ctx),
+            user_agent_raw: None,
+            user_agent: None,
+        }
+    }
+
+    fn with_sid(mut e: Event, sid: &str) -> Event {
+        e.proxy_session_id = Some(sid.into());
+        e.format = Format::Extended;
+        e
+    }
+
+    const APP: &str = "/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c";
+    use Command::*;
+
+    fn counts(s: &LiveState, h: &str) -> (usize, usize, usize) {
+        let c = s.counts(h);
+        (c.sessions, c.connections, c.users)
+    }
+
+    #[test]
+    fn sessions_are_counted_not_set_and_users_fold_case() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        assert!(
+            s.apply(&ev(SessionStart, "n1", "LAB\\Anna", "", 0))
+                .new_host
+        );
+        assert!(
+            !s.apply(&ev(SessionStart, "n1", "lab\\anna", "", 1))
+                .new_host
+        );
+        assert_eq!(counts(&s, "n1"), (2, 0, 1));
+        s.apply(&ev(SessionStop, "n1", "LAB\\ANNA", "", 2));
+        assert_eq!(counts(&s, "n1"), (1, 0, 1));
+        s.apply(&ev(SessionStop, "n1", "lab\\anna", "", 3));
+        assert_eq!(counts(&s, "n1"), (0, 0, 0));
+    }
+
+    #[test]
+    fn stop_without_start_is_counted_not_negative() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        let o = s.apply(&ev(SessionStop, "n1", "LAB\\anna", "", 0));
+        assert!(o.unmatched);
+        assert!(o.new_host);
+        let o = s.apply(&ev(ConnectionClose, "n1", "LAB\\anna", APP, 0));
+        assert!(o.unmatched);
+        assert_eq!(counts(&s, "n1"), (0, 0, 0));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "", 1));
+        assert!(
+            s.apply(&ev(ConnectionClose, "n1", "LAB\\anna", APP, 2))
+                .unmatched
+        );
+        assert_eq!(counts(&s, "n1"), (1, 0, 1));
+    }
+
+    #[test]
+    fn legacy_stop_ends_the_oldest_session_and_reports_its_duration() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "", 0));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "", 100));
+        let o = s.apply(&ev(SessionStop, "n1", "LAB\\anna", "", 160));
+        assert_eq!(o.ended[0].duration, Duration::from_secs(160));
+        assert_eq!(o.ended[0].reason, EndReason::Stopped);
+    }
+
+    #[test]
+    fn connections_count_per_app_and_close_the_oldest() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "/hub/", 0));
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\anna", APP, 1));
+        s.apply(&ev(
+            ConnectionOpen,
+            "n1",
+            "LAB\\anna",
+            &format!("{APP}?reloaduri=x"),
+            2,
+        ));
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\anna", "/hub/", 3));
+        assert_eq!(counts(&s, "n1"), (1, 3, 1));
+        s.apply(&ev(
+            ConnectionClose,
+            "n1",
+            "LAB\\anna",
+            &format!("{APP}?reloaduri=y"),
+            4,
+        ));
+        assert_eq!(counts(&s, "n1"), (1, 2, 1));
+        let u = &s.hosts["n1"].users["lab\\anna"];
+        assert_eq!(
+            u.connections[0].opened_at,
+            Timestamp::from_second(1_800_000_002).unwrap()
+        );
+    }
+
+    #[test]
+    fn open_without_session_implies_one_and_last_stop_closes_connections() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\anna", APP, 0));
+        assert_eq!(counts(&s, "n1"), (1, 1, 1));
+        assert!(s.hosts["n1"].users["lab\\anna"].sessions[0].implied);
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\anna", APP, 1));
+        assert_eq!(counts(&s, "n1"), (1, 2, 1));
+        s.apply(&ev(SessionStop, "n1", "LAB\\anna", "", 2));
+        assert_eq!(counts(&s, "n1"), (0, 0, 0));
+    }
+
+    #[test]
+    fn hosts_are_separate() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "", 0));
+        s.apply(&ev(SessionStart, "n2", "LAB\\anna", "", 0));
+        assert!(
+            s.apply(&ev(SessionStop, "n3", "LAB\\anna", "", 0))
+                .unmatched
+        );
+        assert_eq!(counts(&s, "n1"), (1, 0, 1));
+        assert_eq!(counts(&s, "n2"), (1, 0, 1));
+        assert_eq!(counts(&s, "n3"), (0, 0, 0));
+    }
+
+    #[test]
+    fn proxy_session_id_decides() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&with_sid(ev(SessionStart, "n1", "LAB\\anna", "", 0), "a"));
+        s.apply(&with_sid(ev(SessionStart, "n1", "LAB\\anna", "", 1), "b"));
+        s.apply(&with_sid(ev(SessionStart, "n1", "LAB\\anna", "", 2), "b"));
+        assert_eq!(counts(&s, "n1"), (2, 0, 1));
+        s.apply(&with_sid(
+            ev(ConnectionOpen, "n1", "LAB\\anna", APP, 3),
+            "a",
+        ));
+        s.apply(&with_sid(
+            ev(ConnectionOpen, "n1", "LAB\\anna", APP, 4),
+            "b",
+        ));
+        assert_eq!(counts(&s, "n1"), (2, 2, 1));
+        // Stopping b ends b (not the older a) and b's connection.
+        let o = s.apply(&with_sid(ev(SessionStop, "n1", "LAB\\anna", "", 5), "b"));
+        assert_eq!(o.ended[0].duration, Duration::from_secs(4));
+        assert_eq!(counts(&s, "n1"), (1, 1, 1));
+        assert_eq!(
+            s.hosts["n1"].users["lab\\anna"].sessions[0]
+                .proxy_session_id
+                .as_deref(),
+            Some("a")
+        );
+        assert!(
+            s.apply(&with_sid(ev(SessionStop, "n1", "LAB\\anna", "", 6), "zz"))
+                .unmatched
+        );
+        assert!(
+            s.apply(&with_sid(
+                ev(ConnectionClose, "n1", "LAB\\anna", APP, 7),
+                "b"
+            ))
+            .unmatched
+        );
+        // An open with an unknown id implies that session.
+        s.apply(&with_sid(
+            ev(ConnectionOpen, "n1", "LAB\\anna", APP, 8),
+            "c",
+        ));
+        assert_eq!(counts(&s, "n1"), (2, 2, 1));
+    }
+
+    #[test]
+    fn idle_sessions_expire_but_not_while_a_connection_is_open() {
+        let mut s = LiveState::new(Duration::from_secs(60));
+        s.apply(&ev(SessionStart, "n1", "LAB\\idle", "", 0));
+        s.apply(&ev(SessionStart, "n1", "LAB\\busy", "", 0));
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\busy", APP, 1));
+        s.apply(&ev(SessionStart, "n1", "LAB\\late", "", 50));
+        let at = |secs: i64| Timestamp::from_second(1_800_000_000 + secs).unwrap();
+        assert!(s.expire(at(59)).is_empty());
+        let ended = s.expire(at(61));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].reason, EndReason::Expired);
+        assert_eq!(ended[0].duration, Duration::from_secs(61));
+        assert_eq!(counts(&s, "n1"), (2, 1, 2));
+        // Activity resets the clock.
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\late", APP, 100));
+        s.apply(&ev(ConnectionClose, "n1", "LAB\\late", APP, 101));
+        assert!(s.expire(at(150)).is_empty());
+        assert_eq!(s.expire(at(162)).len(), 1);
+        assert_eq!(counts(&s, "n1"), (1, 1, 1));
+    }
+}
