@@ -1,0 +1,244 @@
+//! Test harness: start the real `whosin` binary, talk to it over UDP and HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub udp: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    sender: UdpSocket,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_whosin")
+}
+
+/// Writes `extra` YAML after a config that listens on free loopback ports.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("whosin.yaml");
+    let data = dir.join("data");
+    // A test that sets its own udp section must still listen on a free port.
+    let udp = if extra.contains("udp:") {
+        ""
+    } else {
+        "udp:\n  listen: \"127.0.0.1:0\"\n"
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "{udp}http:\n  listen: \"127.0.0.1:0\"\ndata_dir: \"{}\"\n{extra}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Daemon {
+    /// Starts `whosin run` with the given extra YAML and waits until it listens.
+    pub fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), extra);
+        Self::start_with(dir, config)
+    }
+
+    pub fn start_with(dir: tempfile::TempDir, config: PathBuf) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("whosin starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("whosin prints its listening line");
+        // "whosin: listening for Qlik user events on udp A; page, API and /metrics on http://B"
+        let udp = line
+            .split("on udp ")
+            .nth(1)
+            .and_then(|s| s.split(';').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let http = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Daemon {
+            child,
+            udp,
+            http,
+            dir,
+            config,
+            sender: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    pub fn send(&self, datagram: &[u8]) {
+        self.sender.send_to(datagram, self.udp).unwrap();
+    }
+
+    pub fn send_all(&self, lines: &[&str]) {
+        for l in lines {
+            self.send(l.as_bytes());
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        Metrics(body)
+    }
+
+    /// Polls /metrics until `sample` has `value`, or fails with the last text.
+    pub fn wait_metric(&self, sample: &str, value: f64) -> Metrics {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let m = self.metrics();
+            if m.get(sample) == Some(value) {
+                return m;
+            }
+            if Instant::now() > until {
+                panic!("{sample} never became {value}; last:\n{}", m.0);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < until, "whosin did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// A minimal HTTP/1.1 GET, enough for our own server.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (code, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = body.split_once("\r\n") else {
+            break;
+        };
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// Prometheus text, with lookups by exact sample name and labels.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of a sample written exactly as in the exposition,
+    /// e.g. `qliksense_sessions_active{host="n1"}`.
+    pub fn get(&self, sample: &str) -> Option<f64> {
+        self.0.lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    /// Like `get`, but 0 is not "missing": panics when absent.
+    pub fn must(&self, sample: &str) -> f64 {
+        self.get(sample)
+            .unwrap_or_else(|| panic!("{sample} missing from:\n{}", self.0))
+    }
+}
+
+/// Whether tests that need an external tool must fail (not skip) without it.
+pub fn required() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Finds a tool on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|f| f.is_file())
+    })
+}
