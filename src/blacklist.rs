@@ -8,11 +8,12 @@
 //!
 //! A [`Blacklist`] is compiled once per config load and then only read.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use regex::{RegexSet, RegexSetBuilder};
 
 use crate::config::BlacklistEntry;
+use crate::event::Event;
 
 /// Compiles one blacklist regex the way [`Blacklist`] does, for validation;
 /// the error text is the regex crate's short description.
@@ -69,9 +70,9 @@ impl Blacklist {
         Ok(bl)
     }
 
-    /// Whether the user is blacklisted. `dir_lower` and `id_lower` are the
-    /// lower-cased directory and id; `user_full` is `DIRECTORY\userid` as sent.
-    pub fn matches(&self, dir_lower: &str, id_lower: &str, user_full: &str) -> bool {
+    /// Whether the event's user is blacklisted. `dir_lower` and `id_lower` are
+    /// the lower-cased directory and id; regexes see `DIRECTORY\userid` as sent.
+    pub fn matches(&self, dir_lower: &str, id_lower: &str, ev: &Event) -> bool {
         if self.directories.contains(dir_lower) {
             return true;
         }
@@ -82,7 +83,9 @@ impl Blacklist {
         {
             return true;
         }
-        self.regexes.as_ref().is_some_and(|r| r.is_match(user_full))
+        self.regexes
+            .as_ref()
+            .is_some_and(|r| r.is_match(&ev.user_full()))
     }
 
     /// Whether nothing is blacklisted.
@@ -104,11 +107,11 @@ mod tests {
     }
 
     fn hit(bl: &Blacklist, dir: &str, id: &str) -> bool {
-        bl.matches(
-            &dir.to_lowercase(),
-            &id.to_lowercase(),
-            &format!("{dir}\\{id}"),
-        )
+        let line = format!("/qseow-proxy-session/;h;Start session;{dir};{id};;;");
+        let ev = crate::ingest::parse::Parser::new()
+            .parse(line.as_bytes(), jiff::Timestamp::now())
+            .unwrap();
+        bl.matches(&dir.to_lowercase(), &id.to_lowercase(), &ev)
     }
 
     #[test]

@@ -127,8 +127,6 @@ pub struct Event {
     pub message: String,
     /// The app GUID from the context, lower-cased, when there is one.
     pub app_id: Option<String>,
-    /// The raw user agent from the message, when there is one.
-    pub user_agent_raw: Option<String>,
     /// Browser and OS derived from the user agent.
     pub user_agent: Option<Arc<UserAgent>>,
 }

@@ -423,3 +423,75 @@ fn simulated_traffic_ends_in_exactly_the_expected_state() {
         }
     }
 }
+
+/// The kernel drops datagrams when whosin's socket buffer is full; whosin reads
+/// the kernel's drop counter (SO_RXQ_OVFL), so every datagram sent is either
+/// received or counted as dropped. Freezing the daemon with SIGSTOP makes the
+/// buffer overflow for certain.
+#[cfg(target_os = "linux")]
+#[test]
+fn kernel_drops_are_counted_exactly() {
+    let d = Daemon::start("");
+    let line = session("n1", "Start session", "LAB\\flood");
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(d.child.id().to_string())
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("STOP");
+    let flood = 60_000;
+    for _ in 0..flood {
+        d.send(line.as_bytes());
+    }
+    signal("CONT");
+    // Let it drain, then one more datagram carries the kernel's final drop count.
+    let until = Instant::now() + DEADLINE;
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = d.metrics().must("whosin_datagrams_received_total");
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(Instant::now() < until, "never drained");
+    }
+    d.send(line.as_bytes());
+    let total = f64::from(flood + 1);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let m = d.metrics();
+        let received = m.must("whosin_datagrams_received_total");
+        let dropped = m.must("whosin_datagrams_dropped_total");
+        if received + dropped == total {
+            assert!(
+                dropped > 0.0,
+                "the buffer never overflowed: {received} received"
+            );
+            assert!(received > 1.0);
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "received {received} + dropped {dropped} != sent {total}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ipv6_listen_takes_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), "udp:\n  listen: \"[::1]:0\"\n");
+    let d = Daemon::start_with(dir, config);
+    assert!(d.udp.is_ipv6());
+    let tx = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    tx.send_to(session("n6", "Start session", "LAB\\v6").as_bytes(), d.udp)
+        .unwrap();
+    d.wait_metric("qliksense_sessions_active{host=\"n6\"}", 1.0);
+}

@@ -117,7 +117,12 @@ impl Parser {
 
     /// Parses one datagram received at `received_at`.
     pub fn parse(&mut self, datagram: &[u8], received_at: Timestamp) -> Result<Event, Reject> {
-        let text = String::from_utf8_lossy(datagram);
+        // Valid UTF-8 is the rule; the lossy decoder is much slower, so it only
+        // runs for the datagrams that need it.
+        let text = match std::str::from_utf8(datagram) {
+            Ok(t) => Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(datagram),
+        };
         let text = text.trim();
         if text.is_empty() {
             return Err(Reject::Empty);
@@ -128,8 +133,8 @@ impl Parser {
             Format::Legacy => parse_legacy(rest, received_at, stream)?,
             Format::Extended => parse_extended(rest, received_at, stream)?,
         };
-        if let Some(raw) = &ev.user_agent_raw {
-            ev.user_agent = self.ua.resolve(raw);
+        if let Some(ua) = user_agent_of(&ev.message) {
+            ev.user_agent = self.ua.resolve(ua);
         }
         Ok(ev)
     }
@@ -161,12 +166,23 @@ struct Common<'a> {
     message: &'a str,
 }
 
-fn parse_legacy(rest: &str, received_at: Timestamp, stream: Stream) -> Result<Event, Reject> {
-    // host;command;dir;id;origin;context;message — the message keeps its own ';'.
-    let f: Vec<&str> = rest.splitn(7, ';').collect();
-    if f.len() < 7 {
+/// Splits into exactly `N` fields, the last keeping its own `;`, without allocating.
+fn fields<const N: usize>(rest: &str) -> Result<[&str; N], Reject> {
+    let mut out = [""; N];
+    let mut n = 0;
+    for (slot, part) in out.iter_mut().zip(rest.splitn(N, ';')) {
+        *slot = part;
+        n += 1;
+    }
+    if n < N {
         return Err(Reject::TooFewFields);
     }
+    Ok(out)
+}
+
+fn parse_legacy(rest: &str, received_at: Timestamp, stream: Stream) -> Result<Event, Reject> {
+    // host;command;dir;id;origin;context;message — the message keeps its own ';'.
+    let f = fields::<7>(rest)?;
     let common = Common {
         host: f[0],
         command: f[1],
@@ -189,10 +205,7 @@ fn parse_legacy(rest: &str, received_at: Timestamp, stream: Stream) -> Result<Ev
 
 fn parse_extended(rest: &str, received_at: Timestamp, stream: Stream) -> Result<Event, Reject> {
     // time;counter;host;command;dir;id;origin;context;proxy-session-id;message
-    let f: Vec<&str> = rest.splitn(10, ';').collect();
-    if f.len() < 10 {
-        return Err(Reject::TooFewFields);
-    }
+    let f = fields::<10>(rest)?;
     let time = clean(f[0], 64);
     let source_time: Timestamp = time.parse().map_err(|_| Reject::InvalidTime)?;
     let seq = clean(f[1], 32);
@@ -241,7 +254,6 @@ fn build(
     }
     let context = clean(c.context, MAX_CONTEXT_CHARS).into_owned();
     let message = clean(c.message, MAX_MESSAGE_CHARS).into_owned();
-    let user_agent_raw = user_agent_of(&message);
     Ok(Event {
         received_at,
         source_time,
@@ -257,7 +269,6 @@ fn build(
         context,
         proxy_session_id,
         message,
-        user_agent_raw,
         user_agent: None,
     })
 }
@@ -268,6 +279,10 @@ pub fn clean(field: &str, max_chars: usize) -> Cow<'_, str> {
     let t = field.trim();
     if t == "(null)" {
         return Cow::Borrowed("");
+    }
+    // Fast path for the usual printable-ASCII field: one pass over bytes.
+    if t.len() <= max_chars && t.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(t);
     }
     let has_control = t.chars().any(char::is_control);
     let too_long = t.len() > max_chars && t.chars().count() > max_chars;
@@ -306,13 +321,17 @@ fn is_guid(s: &str) -> bool {
 }
 
 /// The user agent after `UserAgent:` in the message: quoted with `'` or, when
-/// unquoted, the rest of the message. `None` when absent or empty.
-pub fn user_agent_of(message: &str) -> Option<String> {
-    const KEY: &str = "useragent:";
-    let pos = message
-        .as_bytes()
-        .windows(KEY.len())
-        .position(|w| w.eq_ignore_ascii_case(KEY.as_bytes()))?;
+/// unquoted, the rest of the message. `None` when absent or empty. The message
+/// is already cleaned and capped, so the slice needs no cleaning of its own.
+pub fn user_agent_of(message: &str) -> Option<&str> {
+    const KEY: &str = "UserAgent:";
+    // Qlik writes it in this case; any other case is looked for only when that fails.
+    let pos = message.find(KEY).or_else(|| {
+        message
+            .as_bytes()
+            .windows(KEY.len())
+            .position(|w| w.eq_ignore_ascii_case(KEY.as_bytes()))
+    })?;
     let rest = message[pos + KEY.len()..].trim_start();
     let ua = match rest.strip_prefix('\'') {
         Some(q) => q.find('\'').map_or(q, |end| &q[..end]),
@@ -322,7 +341,12 @@ pub fn user_agent_of(message: &str) -> Option<String> {
     if ua.is_empty() {
         return None;
     }
-    Some(clean(ua, MAX_USER_AGENT_CHARS).into_owned())
+    // Cap on a char boundary.
+    let end = ua
+        .char_indices()
+        .nth(MAX_USER_AGENT_CHARS)
+        .map_or(ua.len(), |(i, _)| i);
+    Some(&ua[..end])
 }
 
 #[cfg(test)]
@@ -352,7 +376,7 @@ mod tests {
         assert_eq!(e.received_at, t0());
         assert_eq!(e.source_time, None);
         assert_eq!(e.app_id, None);
-        assert_eq!(e.user_agent_raw, None);
+        assert_eq!(e.user_agent, None);
     }
 
     #[test]
@@ -483,18 +507,18 @@ mod tests {
     #[test]
     fn user_agent_quoted_unquoted_and_empty() {
         assert_eq!(
-            user_agent_of("x UserAgent: 'Mozilla/5.0 (a; b)' y").as_deref(),
+            user_agent_of("x UserAgent: 'Mozilla/5.0 (a; b)' y"),
             Some("Mozilla/5.0 (a; b)")
         );
         assert_eq!(
-            user_agent_of("UserAgent: Mozilla/5.0 (iPhone)").as_deref(),
+            user_agent_of("UserAgent: Mozilla/5.0 (iPhone)"),
             Some("Mozilla/5.0 (iPhone)")
         );
         assert_eq!(user_agent_of("UserAgent: ''"), None);
         assert_eq!(user_agent_of("UserAgent:"), None);
         assert_eq!(user_agent_of("no agent here"), None);
         assert_eq!(
-            user_agent_of("useragent: 'unterminated").as_deref(),
+            user_agent_of("useragent: 'unterminated"),
             Some("unterminated")
         );
     }

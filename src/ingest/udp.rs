@@ -28,6 +28,14 @@ pub const RECV_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// How often the receive loop looks up from a quiet socket to check for shutdown.
 const POLL: Duration = Duration::from_millis(100);
 
+/// After a batch that did not fill up, wait this long before reading again so
+/// that datagrams gather in the kernel buffer: one system call and one hand-over
+/// then carry many datagrams instead of one. Under load this cuts the CPU cost
+/// per datagram several times; the price is at most this much added latency,
+/// far below anything a person watching a dashboard can see. The 8 MiB buffer
+/// holds over 20,000 typical datagrams, several seconds of the heaviest load.
+const COALESCE: Duration = Duration::from_micros(500);
+
 /// Binds the socket and asks for a large receive buffer; returns it with the
 /// buffer size the kernel granted.
 pub fn bind(addr: SocketAddr) -> io::Result<(UdpSocket, usize)> {
@@ -104,6 +112,9 @@ pub fn receive_loop(
                         last_drops = d;
                     }
                     on_batch(&batch);
+                    if n < BATCH {
+                        std::thread::sleep(COALESCE);
+                    }
                 }
                 Err(e) if is_timeout(&e) => {}
                 Err(e) => backoff(&e, &mut error_at),

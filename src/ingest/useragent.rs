@@ -10,7 +10,7 @@
 //! ([`warm_up`] starts it early), and [`UaCache`] memoizes every distinct string:
 //! a Qlik site sees a handful of user agents, so nearly every lookup is a hit.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use crate::event::UserAgent;

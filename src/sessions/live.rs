@@ -15,7 +15,7 @@
 //! This type is deterministic: the same events and expiry calls give the same
 //! state, which is what lets the journal rebuild it after a restart.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,13 +124,47 @@ pub struct LiveState {
     idle_timeout: Duration,
 }
 
-/// The key a user is tracked under: `dir\id`, lower-cased.
-pub fn user_key(dir: &str, id: &str) -> String {
-    let mut k = String::with_capacity(dir.len() + id.len() + 1);
-    k.push_str(&dir.to_lowercase());
-    k.push('\\');
-    k.push_str(&id.to_lowercase());
-    k
+/// The key a user is tracked under: `dir\id`, lower-cased, computed once per
+/// event and shared by the blacklist and the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserKey {
+    key: String,
+    dir_len: usize,
+}
+
+impl UserKey {
+    /// The key of `dir\id`.
+    pub fn new(dir: &str, id: &str) -> Self {
+        let mut key = String::with_capacity(dir.len() + id.len() + 1);
+        push_lower(&mut key, dir);
+        let dir_len = key.len();
+        key.push('\\');
+        push_lower(&mut key, id);
+        Self { key, dir_len }
+    }
+
+    /// The whole key, `dir\id`.
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    /// The lower-cased directory.
+    pub fn dir(&self) -> &str {
+        &self.key[..self.dir_len]
+    }
+
+    /// The lower-cased user id.
+    pub fn id(&self) -> &str {
+        &self.key[self.dir_len + 1..]
+    }
+}
+
+fn push_lower(out: &mut String, s: &str) {
+    if s.is_ascii() {
+        out.extend(s.bytes().map(|b| b.to_ascii_lowercase() as char));
+    } else {
+        out.push_str(&s.to_lowercase());
+    }
 }
 
 /// The app a connection is to: its GUID, else the context without its query.
@@ -153,7 +187,7 @@ impl LiveState {
     /// An empty state whose sessions expire after `idle_timeout`.
     pub fn new(idle_timeout: Duration) -> Self {
         Self {
-            hosts: HashMap::new(),
+            hosts: HashMap::default(),
             idle_timeout,
         }
     }
@@ -181,6 +215,11 @@ impl LiveState {
 
     /// Applies one accepted, non-blacklisted event.
     pub fn apply(&mut self, ev: &Event) -> Outcome {
+        self.apply_keyed(ev, &UserKey::new(&ev.user_directory, &ev.user_id))
+    }
+
+    /// [`LiveState::apply`] with the user's key already computed.
+    pub fn apply_keyed(&mut self, ev: &Event, key: &UserKey) -> Outcome {
         let mut out = Outcome::default();
         let host = match self.hosts.get_mut(&ev.host) {
             Some(h) => h,
@@ -189,16 +228,19 @@ impl LiveState {
                 self.hosts.entry(ev.host.clone()).or_default()
             }
         };
-        let key = user_key(&ev.user_directory, &ev.user_id);
+        let key = key.as_str();
         let sid = ev.proxy_session_id.as_deref();
 
         match ev.command {
             Command::SessionStart => {
-                let user = host.users.entry(key).or_insert_with(|| UserState {
-                    user_directory: ev.user_directory.clone(),
-                    user_id: ev.user_id.clone(),
-                    ..Default::default()
-                });
+                let user = host
+                    .users
+                    .entry(key.to_owned())
+                    .or_insert_with(|| UserState {
+                        user_directory: ev.user_directory.clone(),
+                        user_id: ev.user_id.clone(),
+                        ..Default::default()
+                    });
                 // A proxy session id names one session: a repeated start of the
                 // same id is the same session, not a second one.
                 let existing = sid.and_then(|s| {
@@ -219,7 +261,7 @@ impl LiveState {
                 touch(user, ev);
             }
             Command::SessionStop => {
-                let Some(user) = host.users.get_mut(&key) else {
+                let Some(user) = host.users.get_mut(key) else {
                     out.unmatched = true;
                     return out;
                 };
@@ -252,15 +294,18 @@ impl LiveState {
                 }
                 host.connections -= before - user.connections.len();
                 if user.sessions.is_empty() {
-                    host.users.remove(&key);
+                    host.users.remove(key);
                 }
             }
             Command::ConnectionOpen => {
-                let user = host.users.entry(key).or_insert_with(|| UserState {
-                    user_directory: ev.user_directory.clone(),
-                    user_id: ev.user_id.clone(),
-                    ..Default::default()
-                });
+                let user = host
+                    .users
+                    .entry(key.to_owned())
+                    .or_insert_with(|| UserState {
+                        user_directory: ev.user_directory.clone(),
+                        user_id: ev.user_id.clone(),
+                        ..Default::default()
+                    });
                 let has_session = match sid {
                     Some(s) => user
                         .sessions
@@ -290,7 +335,7 @@ impl LiveState {
                 touch(user, ev);
             }
             Command::ConnectionClose => {
-                let Some(user) = host.users.get_mut(&key) else {
+                let Some(user) = host.users.get_mut(key) else {
                     out.unmatched = true;
                     return out;
                 };
@@ -386,7 +431,6 @@ mod tests {
             proxy_session_id: None,
             message: String::new(),
             app_id: crate::ingest::parse::app_id_of(ctx),
-            user_agent_raw: None,
             user_agent: None,
         }
     }

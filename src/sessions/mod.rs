@@ -7,7 +7,7 @@
 
 pub mod live;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use crate::blacklist::Blacklist;
 use crate::event::{Event, Stream};
 use crate::metrics::{HostMetrics, Metrics};
-use live::{Ended, LiveState};
+use live::{Ended, LiveState, UserKey};
 
 /// How often idle sessions are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
@@ -60,8 +60,8 @@ impl Core {
             state: LiveState::new(settings.idle_timeout),
             settings,
             metrics,
-            hosts: HashMap::new(),
-            last_seq: HashMap::new(),
+            hosts: HashMap::default(),
+            last_seq: HashMap::default(),
         }
     }
 
@@ -82,14 +82,12 @@ impl Core {
         if let Some(seq) = ev.source_seq {
             self.check_sequence(&ev, seq);
         }
-        let dir = ev.user_directory.to_lowercase();
-        let id = ev.user_id.to_lowercase();
-        let bl = &self.settings.blacklist;
-        if !bl.is_empty() && bl.matches(&dir, &id, &ev.user_full()) {
+        let key = UserKey::new(&ev.user_directory, &ev.user_id);
+        if self.settings.blacklist.matches(key.dir(), key.id(), &ev) {
             self.metrics.events_blacklisted.inc();
             return None;
         }
-        let outcome = self.state.apply(&ev);
+        let outcome = self.state.apply_keyed(&ev, &key);
         if outcome.unmatched {
             self.metrics
                 .events_unmatched
