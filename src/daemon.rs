@@ -37,26 +37,31 @@ pub fn core_settings(c: &Config) -> anyhow::Result<CoreSettings> {
     })
 }
 
-/// Runs the daemon with the config file at `path` until SIGINT or SIGTERM.
-pub fn run(path: &Path) -> anyhow::Result<()> {
-    let config = config::load(path).map_err(|e| {
+/// Runs the daemon with the configuration from `source` until SIGINT or SIGTERM.
+pub fn run(source: &config::Source) -> anyhow::Result<()> {
+    let config = source.load().map_err(|e| {
         BadConfig(format!(
-            "{} is not usable:\n  {}\nrun `whosin check-config -c {}` after fixing it",
-            path.display(),
+            "{source} is not usable:\n  {}\nrun `whosin check-config -c {source}` after fixing it",
             e.lines().join("\n  "),
-            path.display()
         ))
     })?;
+    match source {
+        config::Source::File(p) => tracing::info!("configuration from {}", p.display()),
+        config::Source::Embedded => tracing::info!(
+            "no {} here and no -c given: running with the built-in default configuration",
+            config::DEFAULT_PATH
+        ),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("whosin-http")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(path, config))
+    runtime.block_on(serve(source, config))
 }
 
-async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
+async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {}: choose a writable folder in data_dir",
@@ -111,7 +116,12 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
         stop.clone(),
     )?;
 
-    let _watch = start_watch(path, config.clone(), tx.clone(), metrics.clone());
+    let _watch = match source {
+        config::Source::File(path) => {
+            start_watch(path, config.clone(), tx.clone(), metrics.clone())
+        }
+        config::Source::Embedded => None,
+    };
     drop(tx);
 
     let app = crate::http::router(AppState {

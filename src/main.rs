@@ -11,9 +11,10 @@ use whosin::simulate::{self, WireFormat};
 #[derive(Parser)]
 #[command(name = "whosin", version, about)]
 struct Cli {
-    /// Configuration file (for plain `whosin`, which runs the daemon).
-    #[arg(short, long, default_value = "config/whosin.yaml", global = true)]
-    config: PathBuf,
+    /// Configuration file [default: config/whosin.yaml, or the built-in
+    /// defaults when that file does not exist].
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -61,8 +62,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let source = whosin::config::Source::resolve(cli.config);
     match cli.command.unwrap_or(Cmd::Run) {
-        Cmd::Run => match whosin::daemon::run(&cli.config) {
+        Cmd::Run => match whosin::daemon::run(&source) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("whosin: {e:#}");
@@ -73,7 +75,7 @@ fn main() -> ExitCode {
                 }
             }
         },
-        Cmd::CheckConfig => check_config(&cli.config),
+        Cmd::CheckConfig => check_config(&source),
         Cmd::Simulate {
             target,
             users,
@@ -137,17 +139,16 @@ fn resolve(target: &str) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| "resolves to no address".to_owned())
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match whosin::config::load(path) {
+fn check_config(source: &whosin::config::Source) -> ExitCode {
+    match source.load() {
         Ok(_) => {
-            println!("{} is valid", path.display());
+            println!("{source} is valid");
             ExitCode::SUCCESS
         }
         Err(e) => {
             let lines = e.lines();
             eprintln!(
-                "{} has {} problem{}:",
-                path.display(),
+                "{source} has {} problem{}:",
                 lines.len(),
                 if lines.len() == 1 { "" } else { "s" }
             );

@@ -495,3 +495,45 @@ fn ipv6_listen_takes_datagrams() {
         .unwrap();
     d.wait_metric("qliksense_sessions_active{host=\"n6\"}", 1.0);
 }
+
+#[test]
+fn idle_sessions_expire_and_are_timed() {
+    let d = Daemon::start("sessions:\n  idle_timeout: \"1s\"\n");
+    d.send(session("n1", "Start session", "LAB\\idle").as_bytes());
+    d.send(session("n1", "Start session", "LAB\\busy").as_bytes());
+    d.send(connection("n1", "Open connection", "LAB\\busy", APP).as_bytes());
+    d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 2.0);
+    // The idle one expires; the one with an open app stays.
+    let m = d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 1.0);
+    assert_eq!(m.must("qliksense_users_active{host=\"n1\"}"), 1.0);
+    assert_eq!(m.must("qliksense_connections_active{host=\"n1\"}"), 1.0);
+    assert_eq!(
+        m.must("qliksense_session_duration_seconds_count{host=\"n1\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.must("qliksense_user_events_total{event=\"session_stop\",host=\"n1\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn without_a_config_file_the_built_in_default_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("built-in default configuration is valid")
+    );
+    let out = Command::new(bin())
+        .args(["check-config", "-c", "missing.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read missing.yaml"));
+}

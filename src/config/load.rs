@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_file_validates() {
-        let text = include_str!("../../config/whosin.yaml");
+        let text = super::super::EMBEDDED;
         let c = load_str(text, &no_env).unwrap();
         assert_eq!(c.udp.listen.to_string(), "0.0.0.0:9997");
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9842");

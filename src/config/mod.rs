@@ -17,6 +17,53 @@ use serde::Deserialize;
 pub use duration::{DurationError, HumanDuration};
 pub use load::{ConfigError, Problem, load, load_str};
 
+/// Where the configuration is read from when `-c` is not given.
+pub const DEFAULT_PATH: &str = "config/whosin.yaml";
+
+/// The shipped `config/whosin.yaml`, built into the binary: used when `-c` is
+/// not given and there is no `config/whosin.yaml` in the working directory, so
+/// the binary alone runs with the documented defaults.
+pub const EMBEDDED: &str = include_str!("../../config/whosin.yaml");
+
+/// Where a configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A file (watched for changes while the daemon runs).
+    File(std::path::PathBuf),
+    /// The built-in default ([`EMBEDDED`]).
+    Embedded,
+}
+
+impl Source {
+    /// `-c FILE` when given; else `config/whosin.yaml` when it exists; else the built-in default.
+    pub fn resolve(explicit: Option<std::path::PathBuf>) -> Self {
+        match explicit {
+            Some(p) => Source::File(p),
+            None if std::path::Path::new(DEFAULT_PATH).exists() => {
+                Source::File(DEFAULT_PATH.into())
+            }
+            None => Source::Embedded,
+        }
+    }
+
+    /// Loads and validates the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            Source::File(p) => load(p),
+            Source::Embedded => load_str(EMBEDDED, &|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Embedded => write!(f, "the built-in default configuration"),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
