@@ -22,7 +22,10 @@ use crate::config::{self, Config};
 use crate::http::{AppState, Health};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::Metrics;
-use crate::sessions::{self, Core, CoreSettings, Input};
+use crate::sessions::{self, Core, CoreSettings, Input, journal};
+
+/// An accepted event is committed to the journal within this long.
+pub const JOURNAL_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A failure that maps to exit code 2 (bad configuration), not 1.
 #[derive(Debug, thiserror::Error)]
@@ -96,13 +99,38 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         })?;
     let http_addr: SocketAddr = listener.local_addr()?;
 
+    let journal_path = journal::path_in(&config.data_dir);
+    let conn = journal::open(&journal_path)
+        .with_context(|| format!("cannot open the journal {}", journal_path.display()))?;
+    let recovered = journal::recover(&conn, config.sessions.idle_timeout.get())
+        .with_context(|| format!("cannot read the journal {}", journal_path.display()))?;
+    let open_sessions: usize = recovered.state.hosts().map(|(_, h)| h.sessions).sum();
+    if open_sessions > 0 {
+        tracing::info!("journal: {open_sessions} sessions were open at the last stop and continue");
+    }
+    let journal_health = Arc::new(journal::JournalHealth::default());
+    let (jtx, jrx) = std::sync::mpsc::channel();
+    let journal_thread = journal::spawn_writer(
+        conn,
+        JOURNAL_WINDOW,
+        config.retention.get(),
+        jrx,
+        journal_health.clone(),
+    )?;
+
     let health = Arc::new(Health {
         udp_bound: AtomicBool::new(true),
         udp_listen: udp_addr.to_string(),
         data_dir: config.data_dir.clone(),
+        journal: journal_health,
     });
     let (tx, rx) = std::sync::mpsc::channel::<Input>();
-    let core = Core::new(Arc::new(core_settings(&config)?), metrics.clone());
+    let core = Core::with_journal(
+        Arc::new(core_settings(&config)?),
+        metrics.clone(),
+        recovered,
+        jtx,
+    );
     let core_thread = sessions::spawn(core, rx)?;
     let stop = Arc::new(AtomicBool::new(false));
     let ingest_thread = ingest::spawn(
@@ -116,6 +144,14 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         stop.clone(),
     )?;
 
+    let app = crate::http::router(AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        prometheus_enabled: config.sinks.prometheus.enabled,
+        core: tx.clone(),
+        journal_path,
+        auth_token: config.http.auth_token.as_deref().map(Arc::from),
+    });
     let _watch = match source {
         config::Source::File(path) => {
             start_watch(path, config.clone(), tx.clone(), metrics.clone())
@@ -124,11 +160,6 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     };
     drop(tx);
 
-    let app = crate::http::router(AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        prometheus_enabled: config.sinks.prometheus.enabled,
-    });
     // Tests and scripts read this line to learn the ports (0 in the config picks free ones).
     println!(
         "whosin: listening for Qlik user events on udp {udp_addr}; page, API and /metrics on http://{http_addr}"
@@ -145,6 +176,8 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     let _ = ingest_thread.join();
     drop(_watch);
     let _ = core_thread.join();
+    // The core's end closes the journal's channel: the writer commits and stops.
+    let _ = journal_thread.join();
     tracing::info!("stopped");
     Ok(())
 }

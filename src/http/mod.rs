@@ -1,4 +1,6 @@
-//! The HTTP server: `/metrics`, `/healthz`, `/readyz` (the page and API come with the journal).
+//! The HTTP server: the JSON API, `/metrics`, `/healthz`, `/readyz`.
+
+pub mod api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +23,22 @@ pub struct Health {
     pub udp_listen: String,
     /// Where the journal lives; ready only while it is writable.
     pub data_dir: PathBuf,
+    /// The journal writer's last error, if its last commit failed.
+    pub journal: Arc<crate::sessions::journal::JournalHealth>,
 }
 
 impl Health {
-    /// Checks that `data_dir` takes a write, returning why not.
+    /// Checks that the journal commits and `data_dir` takes a write, returning why not.
     pub fn journal_writable(&self) -> Result<(), String> {
+        if let Some(e) = self
+            .journal
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(e);
+        }
         let probe = self.data_dir.join(".whosin-ready-probe");
         std::fs::write(&probe, b"ok")
             .and_then(|()| std::fs::remove_file(&probe))
@@ -42,11 +55,26 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Whether `/metrics` is served (`sinks.prometheus.enabled`).
     pub prometheus_enabled: bool,
+    /// The core's input, to ask for a journal commit before reading.
+    pub core: std::sync::mpsc::Sender<crate::sessions::Input>,
+    /// The journal file.
+    pub journal_path: PathBuf,
+    /// `http.auth_token`.
+    pub auth_token: Option<Arc<str>>,
 }
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/events", get(api::events))
+        .route("/api/v1/concurrency", get(api::concurrency))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_token,
+        ));
     Router::new()
+        .merge(api)
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

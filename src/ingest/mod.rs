@@ -60,6 +60,9 @@ pub fn spawn(
                         // shutdown, when there is nobody left to count for.
                         let _ = tx.send(Input::Events(events));
                     }
+                    // Counted once handed over: whoever sees the count and then
+                    // asks the API gets an answer that includes these events.
+                    metrics.datagrams_received.inc_by(batch.len() as u64);
                 },
                 |dropped| metrics.datagrams_dropped.inc_by(dropped),
             );
@@ -69,7 +72,8 @@ pub fn spawn(
         })
 }
 
-/// Counts, filters and parses one batch; returns the accepted events.
+/// Filters and parses one batch, counting rejects; returns the accepted events.
+/// (The caller counts the batch as received once it has handed it over.)
 pub fn handle_batch(
     batch: &[udp::Datagram<'_>],
     settings: &IngestSettings,
@@ -77,7 +81,6 @@ pub fn handle_batch(
     metrics: &Metrics,
     log: &mut RejectLog,
 ) -> Vec<Event> {
-    metrics.datagrams_received.inc_by(batch.len() as u64);
     let mut events = Vec::with_capacity(batch.len());
     for d in batch {
         let verdict = if d
@@ -193,7 +196,6 @@ mod tests {
             &mut RejectLog::default(),
         );
         assert_eq!(events.len(), 1);
-        assert_eq!(metrics.datagrams_received.get(), 4);
         let r = |x: Reject| metrics.datagrams_rejected[x.index()].get();
         assert_eq!(r(Reject::SourceNotAllowed), 1);
         assert_eq!(r(Reject::TooLarge), 1);

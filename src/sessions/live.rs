@@ -32,6 +32,36 @@ pub enum EndReason {
     Expired,
 }
 
+impl EndReason {
+    /// The name stored in the journal and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Stopped => "stopped",
+            EndReason::Expired => "expired",
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A `Close connection` ended it.
+    Closed,
+    /// The session it belonged to ended (the user's last session on the host,
+    /// or the session with its proxy session id).
+    SessionEnded,
+}
+
+impl CloseReason {
+    /// The name stored in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Closed => "closed",
+            CloseReason::SessionEnded => "session_ended",
+        }
+    }
+}
+
 /// A session that just ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ended {
@@ -43,20 +73,78 @@ pub struct Ended {
     pub duration: Duration,
 }
 
-/// What one event did to the state.
+/// One change to the state, in order: what the journal records so that the
+/// state at any instant can be answered later, and rebuilt after a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A session began (by a start, or implied by a connection).
+    SessionStarted {
+        /// The host.
+        host: String,
+        /// The user's key.
+        user_key: String,
+        /// The session as it now is.
+        session: Session,
+        /// Directory as sent.
+        user_directory: String,
+        /// User id as sent.
+        user_id: String,
+    },
+    /// A session without a proxy session id learned its id from a connection
+    /// (Qlik gives the id on connection events, not always on the start).
+    SessionBound {
+        /// The session's id.
+        id: u64,
+        /// Qlik's proxy session id.
+        proxy_session_id: String,
+    },
+    /// A session ended.
+    SessionEnded {
+        /// The session's id.
+        id: u64,
+        /// When.
+        at: Timestamp,
+        /// Why.
+        reason: EndReason,
+    },
+    /// A connection opened.
+    ConnectionOpened {
+        /// The host.
+        host: String,
+        /// The user's key.
+        user_key: String,
+        /// The connection as it now is.
+        connection: Connection,
+    },
+    /// A connection closed.
+    ConnectionClosed {
+        /// The connection's id.
+        id: u64,
+        /// When.
+        at: Timestamp,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// What one event (or one expiry pass) did to the state.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
     /// The event was a stop or close with nothing to end.
     pub unmatched: bool,
     /// The event's host had not been seen before.
     pub new_host: bool,
-    /// Sessions the event ended.
+    /// Sessions that ended.
     pub ended: Vec<Ended>,
+    /// Every change, in order.
+    pub changes: Vec<Change>,
 }
 
 /// One open proxy session.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {
+    /// whosin's id for it (unique across restarts; the journal's key).
+    pub id: u64,
     /// Qlik's proxy session id, when the extended format carried one.
     pub proxy_session_id: Option<String>,
     /// When it started (event time), or when whosin first saw it.
@@ -72,6 +160,8 @@ pub struct Session {
 /// One open connection (an app or hub tab).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Connection {
+    /// whosin's id for it.
+    pub id: u64,
     /// The app GUID, or the context without its query when there is none.
     pub app_key: String,
     /// The app GUID, when the context had one.
@@ -122,6 +212,7 @@ pub struct Counts {
 pub struct LiveState {
     hosts: HashMap<String, HostState>,
     idle_timeout: Duration,
+    next_id: u64,
 }
 
 /// The key a user is tracked under: `dir\id`, lower-cased, computed once per
@@ -189,6 +280,7 @@ impl LiveState {
         Self {
             hosts: HashMap::default(),
             idle_timeout,
+            next_id: 1,
         }
     }
 
@@ -213,6 +305,60 @@ impl LiveState {
         self.hosts.iter()
     }
 
+    /// The next id to give; ids are never reused, also across restarts.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Puts back a session that was open when whosin stopped (recovery).
+    pub fn restore_session(
+        &mut self,
+        host: &str,
+        user_directory: &str,
+        user_id: &str,
+        session: Session,
+    ) {
+        self.next_id = self.next_id.max(session.id + 1);
+        let h = self.hosts.entry(host.to_owned()).or_default();
+        let key = UserKey::new(user_directory, user_id);
+        let user = h
+            .users
+            .entry(key.as_str().to_owned())
+            .or_insert_with(|| UserState {
+                user_directory: user_directory.to_owned(),
+                user_id: user_id.to_owned(),
+                ..Default::default()
+            });
+        user.sessions.push(session);
+        user.sessions.sort_by_key(|s| (s.started_at, s.id));
+        h.sessions += 1;
+    }
+
+    /// Puts back an open connection (recovery); its user's session must be restored first.
+    pub fn restore_connection(
+        &mut self,
+        host: &str,
+        user_key: &str,
+        connection: Connection,
+    ) -> bool {
+        self.next_id = self.next_id.max(connection.id + 1);
+        let Some(h) = self.hosts.get_mut(host) else {
+            return false;
+        };
+        let Some(user) = h.users.get_mut(user_key) else {
+            return false;
+        };
+        user.connections.push(connection);
+        user.connections.sort_by_key(|c| (c.opened_at, c.id));
+        h.connections += 1;
+        true
+    }
+
+    /// Makes sure no id below `next` is given again (recovery).
+    pub fn reserve_ids(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
     /// Applies one accepted, non-blacklisted event.
     pub fn apply(&mut self, ev: &Event) -> Outcome {
         self.apply_keyed(ev, &UserKey::new(&ev.user_directory, &ev.user_id))
@@ -221,26 +367,21 @@ impl LiveState {
     /// [`LiveState::apply`] with the user's key already computed.
     pub fn apply_keyed(&mut self, ev: &Event, key: &UserKey) -> Outcome {
         let mut out = Outcome::default();
-        let host = match self.hosts.get_mut(&ev.host) {
-            Some(h) => h,
-            None => {
-                out.new_host = true;
-                self.hosts.entry(ev.host.clone()).or_default()
-            }
-        };
+        if !self.hosts.contains_key(&ev.host) {
+            out.new_host = true;
+            self.hosts.insert(ev.host.clone(), HostState::default());
+        }
         let key = key.as_str();
         let sid = ev.proxy_session_id.as_deref();
+        // Ids are taken up front so that the host's entry can stay borrowed.
+        let new_session_id = self.next_id;
+        let new_connection_id = self.next_id + 1;
+        let mut used = 0u64;
+        let host = self.hosts.get_mut(&ev.host).expect("inserted above");
 
         match ev.command {
             Command::SessionStart => {
-                let user = host
-                    .users
-                    .entry(key.to_owned())
-                    .or_insert_with(|| UserState {
-                        user_directory: ev.user_directory.clone(),
-                        user_id: ev.user_id.clone(),
-                        ..Default::default()
-                    });
+                let user = user_entry(&mut host.users, key, ev);
                 // A proxy session id names one session: a repeated start of the
                 // same id is the same session, not a second one.
                 let existing = sid.and_then(|s| {
@@ -249,13 +390,10 @@ impl LiveState {
                         .position(|x| x.proxy_session_id.as_deref() == Some(s))
                 });
                 if existing.is_none() {
-                    user.sessions.push(Session {
-                        proxy_session_id: ev.proxy_session_id.clone(),
-                        started_at: ev.time(),
-                        last_event: ev.received_at,
-                        user_agent: ev.user_agent.clone(),
-                        implied: false,
-                    });
+                    let session = new_session(new_session_id, ev, false);
+                    used = 1;
+                    out.changes.push(started(ev, key, user, &session));
+                    user.sessions.push(session);
                     host.sessions += 1;
                 }
                 touch(user, ev);
@@ -265,11 +403,18 @@ impl LiveState {
                     out.unmatched = true;
                     return out;
                 };
+                // With an id, that session; failing that, the oldest session
+                // that never learned an id (its start came without one).
                 let pos = match sid {
                     Some(s) => user
                         .sessions
                         .iter()
-                        .position(|x| x.proxy_session_id.as_deref() == Some(s)),
+                        .position(|x| x.proxy_session_id.as_deref() == Some(s))
+                        .or_else(|| {
+                            user.sessions
+                                .iter()
+                                .position(|x| x.proxy_session_id.is_none())
+                        }),
                     None => (!user.sessions.is_empty()).then_some(0),
                 };
                 let Some(pos) = pos else {
@@ -279,58 +424,78 @@ impl LiveState {
                 };
                 let s = user.sessions.remove(pos);
                 host.sessions -= 1;
+                let at = ev.time();
                 out.ended.push(Ended {
                     host: ev.host.clone(),
                     reason: EndReason::Stopped,
-                    duration: elapsed(s.started_at, ev.time()),
+                    duration: elapsed(s.started_at, at),
                 });
-                let before = user.connections.len();
-                if user.sessions.is_empty() {
-                    // The user's last session here ended: their tabs are gone too.
-                    user.connections.clear();
+                out.changes.push(Change::SessionEnded {
+                    id: s.id,
+                    at,
+                    reason: EndReason::Stopped,
+                });
+                let last = user.sessions.is_empty();
+                // The user's last session here ended: their tabs are gone too.
+                // With a proxy session id, that session's tabs are.
+                let closing: Vec<Connection> = if last {
+                    std::mem::take(&mut user.connections)
                 } else if let Some(s) = sid {
-                    user.connections
-                        .retain(|c| c.proxy_session_id.as_deref() != Some(s));
-                }
-                host.connections -= before - user.connections.len();
-                if user.sessions.is_empty() {
+                    let (gone, kept) = std::mem::take(&mut user.connections)
+                        .into_iter()
+                        .partition(|c| c.proxy_session_id.as_deref() == Some(s));
+                    user.connections = kept;
+                    gone
+                } else {
+                    Vec::new()
+                };
+                host.connections -= closing.len();
+                out.changes
+                    .extend(closing.into_iter().map(|c| Change::ConnectionClosed {
+                        id: c.id,
+                        at,
+                        reason: CloseReason::SessionEnded,
+                    }));
+                if last {
                     host.users.remove(key);
                 }
             }
             Command::ConnectionOpen => {
-                let user = host
-                    .users
-                    .entry(key.to_owned())
-                    .or_insert_with(|| UserState {
-                        user_directory: ev.user_directory.clone(),
-                        user_id: ev.user_id.clone(),
-                        ..Default::default()
-                    });
+                let user = user_entry(&mut host.users, key, ev);
                 let has_session = match sid {
-                    Some(s) => user
-                        .sessions
-                        .iter()
-                        .any(|x| x.proxy_session_id.as_deref() == Some(s)),
+                    Some(s) => {
+                        user.sessions
+                            .iter()
+                            .any(|x| x.proxy_session_id.as_deref() == Some(s))
+                            || bind(user, s, &mut out.changes)
+                    }
                     None => !user.sessions.is_empty(),
                 };
+                let mut conn_id = new_session_id;
+                used = 1;
                 if !has_session {
                     // A connection needs a session: the start was lost or
                     // happened before whosin was listening.
-                    user.sessions.push(Session {
-                        proxy_session_id: ev.proxy_session_id.clone(),
-                        started_at: ev.time(),
-                        last_event: ev.received_at,
-                        user_agent: ev.user_agent.clone(),
-                        implied: true,
-                    });
+                    let session = new_session(new_session_id, ev, true);
+                    out.changes.push(started(ev, key, user, &session));
+                    user.sessions.push(session);
                     host.sessions += 1;
+                    conn_id = new_connection_id;
+                    used = 2;
                 }
-                user.connections.push(Connection {
+                let connection = Connection {
+                    id: conn_id,
                     app_key: app_key(ev),
                     app_id: ev.app_id.clone(),
                     proxy_session_id: ev.proxy_session_id.clone(),
                     opened_at: ev.time(),
+                };
+                out.changes.push(Change::ConnectionOpened {
+                    host: ev.host.clone(),
+                    user_key: key.to_owned(),
+                    connection: connection.clone(),
                 });
+                user.connections.push(connection);
                 host.connections += 1;
                 touch(user, ev);
             }
@@ -340,32 +505,50 @@ impl LiveState {
                     return out;
                 };
                 let app = app_key(ev);
-                let pos = user.connections.iter().position(|c| {
-                    c.app_key == app && (sid.is_none() || c.proxy_session_id.as_deref() == sid)
-                });
+                let pos = user
+                    .connections
+                    .iter()
+                    .position(|c| {
+                        c.app_key == app && (sid.is_none() || c.proxy_session_id.as_deref() == sid)
+                    })
+                    .or_else(|| {
+                        // A connection opened without an id can be closed with one.
+                        sid.and_then(|_| {
+                            user.connections
+                                .iter()
+                                .position(|c| c.app_key == app && c.proxy_session_id.is_none())
+                        })
+                    });
                 match pos {
                     Some(pos) => {
-                        user.connections.remove(pos);
+                        let c = user.connections.remove(pos);
                         host.connections -= 1;
+                        out.changes.push(Change::ConnectionClosed {
+                            id: c.id,
+                            at: ev.time(),
+                            reason: CloseReason::Closed,
+                        });
                     }
                     None => out.unmatched = true,
                 }
                 touch(user, ev);
             }
         }
+        self.next_id += used;
         out
     }
 
     /// Ends, as expired, every session with no open connection and no event
     /// for the idle timeout as of `now`.
-    pub fn expire(&mut self, now: Timestamp) -> Vec<Ended> {
-        let mut ended = Vec::new();
+    pub fn expire(&mut self, now: Timestamp) -> Outcome {
+        let mut out = Outcome::default();
         let timeout = self.idle_timeout;
         for (name, host) in self.hosts.iter_mut() {
             let mut dropped_connections = 0;
             let mut expired_sessions = 0;
             host.users.retain(|_, user| {
                 let conns = &user.connections;
+                let mut ended_at: Option<Timestamp> = None;
                 user.sessions.retain(|s| {
                     let busy = conns.iter().any(|c| match &s.proxy_session_id {
                         Some(id) => c.proxy_session_id.as_ref() == Some(id),
@@ -374,16 +557,38 @@ impl LiveState {
                     if busy || elapsed(s.last_event, now) < timeout {
                         return true;
                     }
-                    ended.push(Ended {
+                    // Qlik timed it out one idle timeout after its last event;
+                    // that is when it ended, even if whosin notices later
+                    // (after a restart, say).
+                    let at = s
+                        .last_event
+                        .checked_add(timeout)
+                        .map_or(now, |t| t.min(now))
+                        .max(s.started_at);
+                    out.ended.push(Ended {
                         host: name.clone(),
                         reason: EndReason::Expired,
-                        duration: elapsed(s.started_at, now),
+                        duration: elapsed(s.started_at, at),
                     });
+                    out.changes.push(Change::SessionEnded {
+                        id: s.id,
+                        at,
+                        reason: EndReason::Expired,
+                    });
+                    ended_at = ended_at.max(Some(at));
                     expired_sessions += 1;
                     false
                 });
                 if user.sessions.is_empty() {
                     dropped_connections += user.connections.len();
+                    let at = ended_at.unwrap_or(now);
+                    out.changes.extend(user.connections.drain(..).map(|c| {
+                        Change::ConnectionClosed {
+                            id: c.id,
+                            at,
+                            reason: CloseReason::SessionEnded,
+                        }
+                    }));
                     return false;
                 }
                 true
@@ -391,7 +596,58 @@ impl LiveState {
             host.sessions -= expired_sessions;
             host.connections -= dropped_connections;
         }
-        ended
+        out
+    }
+}
+
+fn user_entry<'a>(
+    users: &'a mut HashMap<String, UserState>,
+    key: &str,
+    ev: &Event,
+) -> &'a mut UserState {
+    users.entry(key.to_owned()).or_insert_with(|| UserState {
+        user_directory: ev.user_directory.clone(),
+        user_id: ev.user_id.clone(),
+        ..Default::default()
+    })
+}
+
+/// Gives proxy session id `sid` to the user's oldest session that has none;
+/// false when every session already has an id.
+fn bind(user: &mut UserState, sid: &str, changes: &mut Vec<Change>) -> bool {
+    let Some(s) = user
+        .sessions
+        .iter_mut()
+        .find(|x| x.proxy_session_id.is_none())
+    else {
+        return false;
+    };
+    s.proxy_session_id = Some(sid.to_owned());
+    changes.push(Change::SessionBound {
+        id: s.id,
+        proxy_session_id: sid.to_owned(),
+    });
+    true
+}
+
+fn new_session(id: u64, ev: &Event, implied: bool) -> Session {
+    Session {
+        id,
+        proxy_session_id: ev.proxy_session_id.clone(),
+        started_at: ev.time(),
+        last_event: ev.received_at,
+        user_agent: ev.user_agent.clone(),
+        implied,
+    }
+}
+
+fn started(ev: &Event, key: &str, user: &UserState, session: &Session) -> Change {
+    Change::SessionStarted {
+        host: ev.host.clone(),
+        user_key: key.to_owned(),
+        session: session.clone(),
+        user_directory: user.user_directory.clone(),
+        user_id: user.user_id.clone(),
     }
 }
 
@@ -595,6 +851,42 @@ mod tests {
     }
 
     #[test]
+    fn a_start_without_id_is_bound_by_its_first_connection() {
+        // Qlik gives the proxy session id on connection events; the start may lack it.
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(SessionStart, "n1", "LAB\\karin", "", 0));
+        let o = s.apply(&with_sid(
+            ev(ConnectionOpen, "n1", "LAB\\karin", APP, 1),
+            "x1",
+        ));
+        assert!(matches!(o.changes[0], Change::SessionBound { .. }));
+        assert_eq!(counts(&s, "n1"), (1, 1, 1));
+        s.apply(&with_sid(
+            ev(ConnectionOpen, "n1", "LAB\\karin", APP, 2),
+            "x1",
+        ));
+        assert_eq!(counts(&s, "n1"), (1, 2, 1));
+        // A second id with no unbound session left implies a second session.
+        s.apply(&with_sid(
+            ev(ConnectionOpen, "n1", "LAB\\karin", APP, 3),
+            "x2",
+        ));
+        assert_eq!(counts(&s, "n1"), (2, 3, 1));
+        assert!(
+            !s.apply(&with_sid(ev(SessionStop, "n1", "LAB\\karin", "", 4), "x1"))
+                .unmatched
+        );
+        assert_eq!(counts(&s, "n1"), (1, 1, 1));
+        // A stop with an unknown id ends the oldest session that never had an id.
+        s.apply(&ev(SessionStart, "n1", "LAB\\karin", "", 5));
+        assert!(
+            !s.apply(&with_sid(ev(SessionStop, "n1", "LAB\\karin", "", 6), "zz"))
+                .unmatched
+        );
+        assert_eq!(counts(&s, "n1"), (1, 1, 1));
+    }
+
+    #[test]
     fn idle_sessions_expire_but_not_while_a_connection_is_open() {
         let mut s = LiveState::new(Duration::from_secs(60));
         s.apply(&ev(SessionStart, "n1", "LAB\\idle", "", 0));
@@ -602,17 +894,18 @@ mod tests {
         s.apply(&ev(ConnectionOpen, "n1", "LAB\\busy", APP, 1));
         s.apply(&ev(SessionStart, "n1", "LAB\\late", "", 50));
         let at = |secs: i64| Timestamp::from_second(1_800_000_000 + secs).unwrap();
-        assert!(s.expire(at(59)).is_empty());
-        let ended = s.expire(at(61));
+        assert!(s.expire(at(59)).ended.is_empty());
+        let ended = s.expire(at(61)).ended;
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].reason, EndReason::Expired);
-        assert_eq!(ended[0].duration, Duration::from_secs(61));
+        // It ended one idle timeout after its last event, not when noticed.
+        assert_eq!(ended[0].duration, Duration::from_secs(60));
         assert_eq!(counts(&s, "n1"), (2, 1, 2));
         // Activity resets the clock.
         s.apply(&ev(ConnectionOpen, "n1", "LAB\\late", APP, 100));
         s.apply(&ev(ConnectionClose, "n1", "LAB\\late", APP, 101));
-        assert!(s.expire(at(150)).is_empty());
-        assert_eq!(s.expire(at(162)).len(), 1);
+        assert!(s.expire(at(150)).ended.is_empty());
+        assert_eq!(s.expire(at(162)).ended.len(), 1);
         assert_eq!(counts(&s, "n1"), (1, 1, 1));
     }
 }

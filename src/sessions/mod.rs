@@ -5,11 +5,13 @@
 //! watcher. Keeping the state on one thread makes every update ordered and
 //! lock-free on the hot path; readers (the HTTP API) will get snapshots.
 
+pub mod journal;
 pub mod live;
+pub mod query;
 
 use foldhash::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,6 +44,9 @@ pub enum Input {
     Events(Vec<Event>),
     /// New settings from a config reload.
     Reload(Arc<CoreSettings>),
+    /// Commit the journal now and answer (sent by the API before it reads, so
+    /// that its answer includes every event handed to the core before).
+    Flush(Sender<Result<(), String>>),
 }
 
 /// The live state with everything that feeds it.
@@ -51,10 +56,12 @@ pub struct Core {
     metrics: Arc<Metrics>,
     hosts: HashMap<String, HostMetrics>,
     last_seq: HashMap<(String, Stream), u64>,
+    journal: Option<Sender<journal::Write>>,
+    next_seq: u64,
 }
 
 impl Core {
-    /// A core with an empty state.
+    /// A core with an empty state and no journal.
     pub fn new(settings: Arc<CoreSettings>, metrics: Arc<Metrics>) -> Self {
         Self {
             state: LiveState::new(settings.idle_timeout),
@@ -62,7 +69,29 @@ impl Core {
             metrics,
             hosts: HashMap::default(),
             last_seq: HashMap::default(),
+            journal: None,
+            next_seq: 1,
         }
+    }
+
+    /// A core that continues from a recovered journal and writes to it.
+    pub fn with_journal(
+        settings: Arc<CoreSettings>,
+        metrics: Arc<Metrics>,
+        recovered: journal::Recovered,
+        tx: Sender<journal::Write>,
+    ) -> Self {
+        let mut core = Self::new(settings, metrics);
+        core.state = recovered.state;
+        core.state.set_idle_timeout(core.settings.idle_timeout);
+        core.next_seq = recovered.next_seq;
+        core.journal = Some(tx);
+        let hosts: Vec<String> = core.state.hosts().map(|(h, _)| h.clone()).collect();
+        for h in hosts {
+            let counts = core.state.counts(&h);
+            core.host_metrics(&h).set_counts(counts);
+        }
+        core
     }
 
     /// The live state.
@@ -76,8 +105,9 @@ impl Core {
         self.settings = settings;
     }
 
-    /// Handles one accepted event; returns it unless it was blacklisted.
-    pub fn handle(&mut self, ev: Event) -> Option<Event> {
+    /// Handles one accepted event; returns its journal sequence number unless
+    /// it was blacklisted.
+    pub fn handle(&mut self, ev: Event) -> Option<u64> {
         // Blacklisted events use counter values too, so gaps are checked first.
         if let Some(seq) = ev.source_seq {
             self.check_sequence(&ev, seq);
@@ -99,13 +129,38 @@ impl Core {
         hm.count_event(ev.command);
         hm.set_counts(counts);
         self.record_ended(&outcome.ended);
-        Some(ev)
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(j) = &self.journal {
+            let _ = j.send(journal::Write::Event(seq, Box::new(ev)));
+            for c in outcome.changes {
+                let _ = j.send(journal::Write::Change(c));
+            }
+        }
+        Some(seq)
+    }
+
+    /// Asks the journal to commit and answer on `reply` (at once when there is none).
+    pub fn flush(&self, reply: Sender<Result<(), String>>) {
+        match &self.journal {
+            Some(j) => {
+                let _ = j.send(journal::Write::Flush(reply));
+            }
+            None => {
+                let _ = reply.send(Ok(()));
+            }
+        }
     }
 
     /// Expires idle sessions as of `now`.
     pub fn tick(&mut self, now: Timestamp) {
-        let ended = self.state.expire(now);
-        self.record_ended(&ended);
+        let outcome = self.state.expire(now);
+        self.record_ended(&outcome.ended);
+        if let Some(j) = &self.journal {
+            for c in outcome.changes {
+                let _ = j.send(journal::Write::Change(c));
+            }
+        }
     }
 
     fn record_ended(&mut self, ended: &[Ended]) {
@@ -167,6 +222,7 @@ pub fn spawn(mut core: Core, rx: Receiver<Input>) -> std::io::Result<JoinHandle<
                         }
                     }
                     Ok(Input::Reload(settings)) => core.reconfigure(settings),
+                    Ok(Input::Flush(reply)) => core.flush(reply),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }

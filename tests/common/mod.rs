@@ -35,12 +35,14 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     } else {
         "udp:\n  listen: \"127.0.0.1:0\"\n"
     };
+    let http = if extra.contains("http:") {
+        ""
+    } else {
+        "http:\n  listen: \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &path,
-        format!(
-            "{udp}http:\n  listen: \"127.0.0.1:0\"\ndata_dir: \"{}\"\n{extra}",
-            data.display()
-        ),
+        format!("{udp}{http}data_dir: \"{}\"\n{extra}", data.display()),
     )
     .unwrap();
     path
@@ -112,6 +114,13 @@ impl Daemon {
         http_get(self.http, path)
     }
 
+    /// GET a JSON API path, expecting 200.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.get(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     pub fn metrics(&self) -> Metrics {
         let (code, body) = self.get("/metrics");
         assert_eq!(code, 200, "{body}");
@@ -166,11 +175,16 @@ fn unsafe_kill(pid: u32, signal: &str) {
 
 /// A minimal HTTP/1.1 GET, enough for our own server.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "")
+}
+
+/// A GET with extra header lines (each ending in \r\n).
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();

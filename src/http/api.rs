@@ -1,0 +1,271 @@
+//! `/api/v1/*`: sessions now or at an instant, events, the concurrency curve.
+//!
+//! Every answer comes from the journal after it committed what the core had,
+//! so `?at=` includes events not yet committed by the regular window. Bad
+//! parameters answer 400 with `{"error": "..."}` naming the parameter.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use serde_json::json;
+
+use super::AppState;
+use crate::config::HumanDuration;
+use crate::sessions::Input;
+use crate::sessions::journal::{self, EventFilter};
+use crate::sessions::live::UserKey;
+use crate::sessions::query::{self, Filter, MAX_POINTS};
+
+/// Default and largest `limit` of `/api/v1/events`.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 100_000;
+
+/// An API error: a status and a message for `{"error": ...}`.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+
+    fn internal(msg: impl Into<String>) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn time_param(p: &HashMap<String, String>, name: &str) -> Result<Option<Timestamp>, ApiError> {
+    p.get(name)
+        .map(|v| {
+            v.parse::<Timestamp>().map_err(|_| {
+                ApiError::bad(format!(
+                    "{name}: {v:?} is not an RFC 3339 time like 2026-11-21T10:42:00Z"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn required_time(p: &HashMap<String, String>, name: &str) -> Result<Timestamp, ApiError> {
+    time_param(p, name)?.ok_or_else(|| {
+        ApiError::bad(format!(
+            "{name}: required, an RFC 3339 time like 2026-11-21T10:42:00Z"
+        ))
+    })
+}
+
+fn filter(p: &HashMap<String, String>) -> Result<Filter, ApiError> {
+    let user_key = match p.get("user") {
+        None => None,
+        Some(u) => {
+            let Some((dir, id)) = u.split_once('\\') else {
+                return Err(ApiError::bad(format!(
+                    "user: {u:?} is not written as DIRECTORY\\userid"
+                )));
+            };
+            Some(UserKey::new(dir, id).as_str().to_owned())
+        }
+    };
+    Ok(Filter {
+        host: p.get("host").cloned(),
+        user_key,
+    })
+}
+
+fn known(p: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    for k in p.keys() {
+        if !allowed.contains(&k.as_str()) && k != "access_token" {
+            return Err(ApiError::bad(format!(
+                "{k}: unknown parameter (expected {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Asks the core to have the journal commit, then runs `f` on a read connection.
+async fn read<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let core = s.core.clone();
+    let path = s.journal_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let (tx, rx) = mpsc::channel();
+        core.send(Input::Flush(tx))
+            .map_err(|_| ApiError::internal("whosin is shutting down"))?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            // A journal that cannot commit still answers from what it has.
+            Ok(Err(e)) => tracing::warn!("answering without the newest events: {e}"),
+            Err(_) => tracing::warn!("journal commit timed out; answering from what it has"),
+        }
+        let conn = journal::open_reader(&path)
+            .map_err(|e| ApiError::internal(format!("cannot open the journal: {e}")))?;
+        f(&conn).map_err(|e| ApiError::internal(format!("journal query failed: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// `GET /api/v1/sessions[?at=&host=&user=]`
+pub async fn sessions(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
+    known(&p, &["at", "host", "user"])?;
+    let at = time_param(&p, "at")?.unwrap_or_else(Timestamp::now);
+    let f = filter(&p)?;
+    let answer = read(&s, move |c| query::sessions_at(c, at, &f)).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// `GET /api/v1/events?from=&to=[&user=&host=&limit=&after=]`
+pub async fn events(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
+    known(&p, &["from", "to", "user", "host", "limit", "after"])?;
+    let from = required_time(&p, "from")?;
+    let to = required_time(&p, "to")?;
+    if to < from {
+        return Err(ApiError::bad("to: is before from"));
+    }
+    let limit = match p.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "limit: {v:?} is not a whole number from 1 to {MAX_LIMIT}"
+                )));
+            }
+        },
+    };
+    let after = match p.get("after") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad(format!("after: {v:?} is not a sequence number")))?,
+        ),
+    };
+    let f = filter(&p)?;
+    let ef = EventFilter {
+        host: f.host,
+        user_key: f.user_key,
+        after,
+    };
+    let mut events = read(&s, move |c| {
+        journal::events_between(c, from, to, &ef, limit + 1)
+    })
+    .await?;
+    let next = if events.len() > limit {
+        events.truncate(limit);
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(json!({"events": events, "next": next})).into_response())
+}
+
+/// `GET /api/v1/concurrency?from=&to=&step=[&host=]`
+pub async fn concurrency(
+    State(s): State<AppState>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    known(&p, &["from", "to", "step", "host"])?;
+    let from = required_time(&p, "from")?;
+    let to = required_time(&p, "to")?;
+    if to < from {
+        return Err(ApiError::bad("to: is before from"));
+    }
+    let step_text = p
+        .get("step")
+        .ok_or_else(|| ApiError::bad("step: required, a duration like 5m"))?
+        .clone();
+    let step: HumanDuration = step_text
+        .parse()
+        .map_err(|e| ApiError::bad(format!("step: {e}")))?;
+    if step.get().is_zero() {
+        return Err(ApiError::bad("step: must be longer than 0s"));
+    }
+    let span = to.duration_since(from).as_secs_f64();
+    let points = (span / step.get().as_secs_f64()).floor() + 2.0;
+    if points > MAX_POINTS as f64 {
+        return Err(ApiError::bad(format!(
+            "step: {step_text} gives {points:.0} points over this range; at most {MAX_POINTS}"
+        )));
+    }
+    let f = filter(&p)?;
+    if f.user_key.is_some() {
+        return Err(ApiError::bad("user: not a filter of /api/v1/concurrency"));
+    }
+    let answer = read(&s, move |c| {
+        query::concurrency(c, from, to, step.get(), step_text, &f)
+    })
+    .await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Compares without an early exit, so response time does not reveal how much
+/// of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Requires `Authorization: Bearer <token>` (or `?access_token=` for the
+/// stream, which a browser's EventSource cannot give headers) when a token is set.
+pub async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = s.auth_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("access_token="))
+            .map(str::to_owned)
+    });
+    let ok = from_header.is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        || (req.uri().path() == "/api/v1/stream"
+            && from_query.is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())));
+    if ok {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "authorization: send the token as \"Authorization: Bearer <token>\" (http.auth_token)"})),
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

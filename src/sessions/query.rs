@@ -1,0 +1,349 @@
+//! Forensic questions answered from the journal: who was in at an instant, and
+//! how many were in over a range.
+//!
+//! A session is *in* at `T` when it started at or before `T` and had not ended
+//! by `T` (`started_at <= T < ended_at`); the same rule holds for connections.
+//! Both the live API (`at` = now) and the past use this one path, after the
+//! journal committed everything the core had, so the two can never disagree.
+
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
+use jiff::Timestamp;
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::journal::{from_nanos, join_name, nanos};
+
+/// One app in a session.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AppView {
+    /// App GUID.
+    pub id: String,
+    /// App name; null until an app-name source exists.
+    pub name: Option<String>,
+}
+
+/// One session in an answer.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionView {
+    /// Qlik node.
+    pub host: String,
+    /// Directory as first seen.
+    pub user_directory: String,
+    /// User id as first seen.
+    pub user_id: String,
+    /// `DIRECTORY\userid`.
+    pub user: String,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Open connections (app and hub tabs) of this session.
+    pub connections: usize,
+    /// Distinct apps open in those connections.
+    pub apps: Vec<AppView>,
+    /// e.g. `Chrome 131`.
+    pub browser: Option<String>,
+    /// e.g. `Windows 10`.
+    pub os: Option<String>,
+}
+
+/// The body of `/api/v1/sessions`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionsAnswer {
+    /// The instant asked about.
+    pub at: Timestamp,
+    /// One entry per session.
+    pub sessions: Vec<SessionView>,
+    /// Distinct users among them.
+    pub users: usize,
+}
+
+/// Filters shared by the queries.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this user (lower-cased `dir\id`).
+    pub user_key: Option<String>,
+}
+
+/// Who was in at `at`.
+pub fn sessions_at(
+    conn: &Connection,
+    at: Timestamp,
+    f: &Filter,
+) -> rusqlite::Result<SessionsAnswer> {
+    let t = nanos(at);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, host, user_key, user_directory, user_id, proxy_session_id, started_at,
+                browser, browser_major, os, os_version
+         FROM sessions
+         WHERE started_at <= ?1 AND (ended_at IS NULL OR ended_at > ?1)
+           AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR user_key = ?3)
+         ORDER BY host, user_key, started_at, id",
+    )?;
+    struct Row {
+        host: String,
+        key: String,
+        psid: Option<String>,
+        view: SessionView,
+        app_ids: Vec<String>,
+    }
+    let mut rows: Vec<Row> = stmt
+        .query_map(params![t, f.host, f.user_key], |r| {
+            let dir: String = r.get(3)?;
+            let id: String = r.get(4)?;
+            Ok(Row {
+                host: r.get(1)?,
+                key: r.get(2)?,
+                psid: r.get(5)?,
+                view: SessionView {
+                    host: r.get(1)?,
+                    user: format!("{dir}\\{id}"),
+                    user_directory: dir,
+                    user_id: id,
+                    started_at: from_nanos(r.get(6)?),
+                    connections: 0,
+                    apps: Vec::new(),
+                    browser: join_name(r.get(7)?, r.get(8)?),
+                    os: join_name(r.get(9)?, r.get(10)?),
+                },
+                app_ids: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+
+    // Index sessions by (host, user) to attach connections.
+    let mut by_user: HashMap<(String, String), Vec<usize>> = HashMap::default();
+    for (i, r) in rows.iter().enumerate() {
+        by_user
+            .entry((r.host.clone(), r.key.clone()))
+            .or_default()
+            .push(i);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, user_key, app_id, proxy_session_id FROM connections
+         WHERE opened_at <= ?1 AND (closed_at IS NULL OR closed_at > ?1)
+           AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR user_key = ?3)
+         ORDER BY opened_at, id",
+    )?;
+    let conns = stmt.query_map(params![t, f.host, f.user_key], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for c in conns {
+        let (host, key, app_id, psid) = c?;
+        let Some(idx) = by_user.get(&(host, key)) else {
+            continue;
+        };
+        // With a proxy session id the connection belongs to that session. The
+        // legacy format cannot tell which of a user's sessions a tab is in, so
+        // it is shown on the user's oldest session: the per-user total is right.
+        let target = psid
+            .as_ref()
+            .and_then(|p| idx.iter().find(|&&i| rows[i].psid.as_ref() == Some(p)))
+            .unwrap_or(&idx[0]);
+        let row = &mut rows[*target];
+        row.view.connections += 1;
+        if let Some(a) = app_id
+            && !row.app_ids.contains(&a)
+        {
+            row.app_ids.push(a);
+        }
+    }
+    let users = by_user
+        .keys()
+        .map(|(_, k)| k.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let sessions = rows
+        .into_iter()
+        .map(|mut r| {
+            r.view.apps = r
+                .app_ids
+                .into_iter()
+                .map(|id| AppView { id, name: None })
+                .collect();
+            r.view
+        })
+        .collect();
+    Ok(SessionsAnswer {
+        at,
+        sessions,
+        users,
+    })
+}
+
+/// One point of the concurrency curve.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Point {
+    /// The instant.
+    pub t: Timestamp,
+    /// Sessions in.
+    pub sessions: u64,
+    /// Distinct users in.
+    pub users: u64,
+    /// Connections open.
+    pub connections: u64,
+}
+
+/// The body of `/api/v1/concurrency`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ConcurrencyAnswer {
+    /// Start of the range.
+    pub from: Timestamp,
+    /// End of the range.
+    pub to: Timestamp,
+    /// The step, as written (`5m`).
+    pub step: String,
+    /// The state at `from + k*step`, and last at `to`.
+    pub points: Vec<Point>,
+    /// The instant in the range with the most sessions (the earliest such).
+    pub peak: Point,
+}
+
+/// Most points one concurrency answer may have.
+pub const MAX_POINTS: usize = 10_000;
+
+/// The concurrency curve over `[from, to]`, computed by one sweep over the
+/// intervals that overlap the range (not one query per point).
+pub fn concurrency(
+    conn: &Connection,
+    from: Timestamp,
+    to: Timestamp,
+    step: std::time::Duration,
+    step_text: String,
+    f: &Filter,
+) -> rusqlite::Result<ConcurrencyAnswer> {
+    let (lo, hi) = (nanos(from), nanos(to));
+    // (time, order, kind): at one instant ends (order 0) apply before starts
+    // (order 1), matching started_at <= t < ended_at.
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Kind {
+        SessionEnd,
+        ConnEnd,
+        SessionStart,
+        ConnStart,
+    }
+    let mut changes: Vec<(i64, Kind, u32)> = Vec::new();
+    let mut user_ids: HashMap<String, u32> = HashMap::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_key, started_at, ended_at FROM sessions
+         WHERE started_at <= ?2 AND (ended_at IS NULL OR ended_at > ?1) AND (?3 IS NULL OR host = ?3)",
+    )?;
+    let rows = stmt.query_map(params![lo, hi, f.host], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (key, start, end) = row?;
+        let next = user_ids.len() as u32;
+        let uid = *user_ids.entry(key).or_insert(next);
+        changes.push((start, Kind::SessionStart, uid));
+        if let Some(e) = end {
+            changes.push((e, Kind::SessionEnd, uid));
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT opened_at, closed_at FROM connections
+         WHERE opened_at <= ?2 AND (closed_at IS NULL OR closed_at > ?1) AND (?3 IS NULL OR host = ?3)",
+    )?;
+    let rows = stmt.query_map(params![lo, hi, f.host], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+    })?;
+    for row in rows {
+        let (start, end) = row?;
+        changes.push((start, Kind::ConnStart, 0));
+        if let Some(e) = end {
+            changes.push((e, Kind::ConnEnd, 0));
+        }
+    }
+    changes.sort_unstable();
+
+    let mut instants: Vec<i64> = Vec::new();
+    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
+    let mut t = lo;
+    while t < hi && instants.len() < MAX_POINTS {
+        instants.push(t);
+        t = t.saturating_add(step_ns);
+    }
+    instants.push(hi);
+
+    let mut sessions: i64 = 0;
+    let mut conns: i64 = 0;
+    let mut per_user: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut i = 0;
+    let apply = |upto: i64,
+                 sessions: &mut i64,
+                 conns: &mut i64,
+                 per_user: &mut BTreeMap<u32, u32>,
+                 i: &mut usize| {
+        while *i < changes.len() && changes[*i].0 <= upto {
+            let (_, kind, uid) = changes[*i];
+            match kind {
+                Kind::SessionStart => {
+                    *sessions += 1;
+                    *per_user.entry(uid).or_insert(0) += 1;
+                }
+                Kind::SessionEnd => {
+                    *sessions -= 1;
+                    if let Some(n) = per_user.get_mut(&uid) {
+                        *n -= 1;
+                        if *n == 0 {
+                            per_user.remove(&uid);
+                        }
+                    }
+                }
+                Kind::ConnStart => *conns += 1,
+                Kind::ConnEnd => *conns -= 1,
+            }
+            *i += 1;
+        }
+    };
+    let point = |t: i64, s: i64, c: i64, u: usize| Point {
+        t: from_nanos(t),
+        sessions: s.max(0) as u64,
+        users: u as u64,
+        connections: c.max(0) as u64,
+    };
+
+    // The state at `from`, then at each change inside the range, for the peak;
+    // the sampled points are taken on the way.
+    apply(lo, &mut sessions, &mut conns, &mut per_user, &mut i);
+    let mut peak = point(lo, sessions, conns, per_user.len());
+    let mut points = Vec::with_capacity(instants.len());
+    let mut next_point = 0;
+    while next_point < instants.len() && instants[next_point] <= lo {
+        points.push(point(instants[next_point], sessions, conns, per_user.len()));
+        next_point += 1;
+    }
+    while i < changes.len() && changes[i].0 <= hi {
+        let at = changes[i].0;
+        while next_point < instants.len() && instants[next_point] < at {
+            points.push(point(instants[next_point], sessions, conns, per_user.len()));
+            next_point += 1;
+        }
+        apply(at, &mut sessions, &mut conns, &mut per_user, &mut i);
+        if sessions.max(0) as u64 > peak.sessions {
+            peak = point(at, sessions, conns, per_user.len());
+        }
+    }
+    while next_point < instants.len() {
+        points.push(point(instants[next_point], sessions, conns, per_user.len()));
+        next_point += 1;
+    }
+    Ok(ConcurrencyAnswer {
+        from,
+        to,
+        step: step_text,
+        points,
+        peak,
+    })
+}

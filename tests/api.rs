@@ -1,0 +1,288 @@
+//! The journal through the real daemon: the JSON API now and in the past,
+//! restarts (clean and SIGKILL) that change no answer, and the token.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Daemon, http_get_with};
+
+const APP: &str = "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c";
+
+fn start(host: &str, user: &str) -> String {
+    let (dir, id) = user.split_once('\\').unwrap();
+    format!(
+        "/qseow-proxy-session/;{host};Start session;{dir};{id};AppAccess;/hub/;Start session for user '{user}' UserAgent: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'"
+    )
+}
+
+fn stop(host: &str, user: &str) -> String {
+    let (dir, id) = user.split_once('\\').unwrap();
+    format!(
+        "/qseow-proxy-session/;{host};Stop session;{dir};{id};AppAccess;/hub/;Stop session for user '{user}'"
+    )
+}
+
+fn open(host: &str, user: &str) -> String {
+    let (dir, id) = user.split_once('\\').unwrap();
+    format!(
+        "/qseow-proxy-connection/;{host};Open connection;{dir};{id};AppAccess;/app/{APP}?reloaduri=x;connection Opened for session"
+    )
+}
+
+fn users_of(v: &serde_json::Value) -> Vec<String> {
+    let mut u: Vec<String> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}@{}",
+                s["user"].as_str().unwrap(),
+                s["host"].as_str().unwrap()
+            )
+        })
+        .collect();
+    u.sort();
+    u
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Waits until the daemon has applied `n` events (blacklisted or not).
+fn applied(d: &Daemon, n: f64) {
+    d.wait_metric("whosin_datagrams_received_total", n);
+}
+
+#[test]
+fn who_was_in_now_and_at_a_past_instant() {
+    let d = Daemon::start("blacklist:\n  - directory: INTERNAL\n");
+    d.send_all(&[
+        &start("n1", "LAB\\Anna"),
+        &open("n1", "lab\\anna"),
+        &start("n2", "LAB\\bob"),
+        &start("n1", "INTERNAL\\sa_scheduler"),
+    ]);
+    applied(&d, 4.0);
+    // The API answers with what the core has, committed or not.
+    let v = d.json("/api/v1/sessions");
+    assert_eq!(users_of(&v), vec!["LAB\\Anna@n1", "LAB\\bob@n2"]);
+    assert_eq!(v["users"], 2);
+    let anna = &v["sessions"][0];
+    assert_eq!(anna["connections"], 1);
+    assert_eq!(anna["apps"][0]["id"], APP);
+    assert_eq!(anna["apps"][0]["name"], serde_json::Value::Null);
+    assert_eq!(anna["browser"], "Chrome 131");
+    assert_eq!(anna["os"], "Windows 10");
+    assert_eq!(anna["user_directory"], "LAB");
+    assert!(anna["started_at"].as_str().unwrap().ends_with('Z'));
+
+    std::thread::sleep(Duration::from_millis(5));
+    let t1 = now();
+    std::thread::sleep(Duration::from_millis(5));
+    d.send_all(&[&stop("n1", "LAB\\anna"), &start("n1", "CORP\\carl")]);
+    applied(&d, 6.0);
+
+    assert_eq!(
+        users_of(&d.json("/api/v1/sessions")),
+        vec!["CORP\\carl@n1", "LAB\\bob@n2"]
+    );
+    let past = d.json(&format!("/api/v1/sessions?at={t1}"));
+    assert_eq!(users_of(&past), vec!["LAB\\Anna@n1", "LAB\\bob@n2"]);
+    assert_eq!(past["at"], t1.as_str());
+    // Filters: host, and user in any case.
+    assert_eq!(
+        users_of(&d.json(&format!("/api/v1/sessions?at={t1}&host=n2"))),
+        vec!["LAB\\bob@n2"]
+    );
+    assert_eq!(
+        users_of(&d.json(&format!("/api/v1/sessions?at={t1}&user=lab%5CANNA"))),
+        vec!["LAB\\Anna@n1"]
+    );
+    // Before anything happened: nobody.
+    assert_eq!(
+        d.json("/api/v1/sessions?at=2020-01-01T00:00:00Z")["sessions"],
+        serde_json::json!([])
+    );
+
+    // Events: oldest first, blacklisted ones absent, paging with next/after.
+    let ev = d.json("/api/v1/events?from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z");
+    let events = ev["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    assert_eq!(ev["next"], serde_json::Value::Null);
+    assert_eq!(events[0]["event"], "session_start");
+    assert_eq!(events[0]["user"], "LAB\\Anna");
+    assert_eq!(events[1]["app_id"], APP);
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
+    );
+    let page = d.json("/api/v1/events?from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=2");
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_u64().unwrap();
+    let rest = d.json(&format!(
+        "/api/v1/events?from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&after={next}"
+    ));
+    assert_eq!(rest["events"].as_array().unwrap().len(), 3);
+    let anna_only =
+        d.json("/api/v1/events?from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&user=LAB%5Canna");
+    assert_eq!(anna_only["events"].as_array().unwrap().len(), 3);
+
+    // Concurrency: the curve and its peak (3 sessions: anna, bob, then carl after anna left).
+    let c = d.json(&format!(
+        "/api/v1/concurrency?from=2020-01-01T00:00:00Z&to={}&step=3650d",
+        now()
+    ));
+    let points = c["points"].as_array().unwrap();
+    assert_eq!(points[0]["sessions"], 0);
+    let last = points.last().unwrap();
+    assert_eq!(
+        (
+            last["sessions"].as_u64(),
+            last["users"].as_u64(),
+            last["connections"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
+    assert_eq!(c["peak"]["sessions"], 2);
+    assert_eq!(
+        c["peak"]["connections"], 1,
+        "the peak is when anna had her app open"
+    );
+}
+
+#[test]
+fn bad_parameters_are_named() {
+    let d = Daemon::start("");
+    for (path, param) in [
+        ("/api/v1/sessions?at=yesterday", "at:"),
+        ("/api/v1/sessions?user=anna", "user:"),
+        ("/api/v1/sessions?colour=red", "colour:"),
+        ("/api/v1/events?to=2026-01-01T00:00:00Z", "from:"),
+        (
+            "/api/v1/events?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&limit=0",
+            "limit:",
+        ),
+        (
+            "/api/v1/events?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "to:",
+        ),
+        (
+            "/api/v1/concurrency?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+            "step:",
+        ),
+        (
+            "/api/v1/concurrency?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=1s",
+            "step:",
+        ),
+    ] {
+        let (code, body) = d.get(path);
+        assert_eq!(code, 400, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().starts_with(param),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[test]
+fn a_restart_changes_no_answer_and_sigkill_keeps_committed_events() {
+    let mut d = Daemon::start("");
+    d.send_all(&[
+        &start("n1", "LAB\\anna"),
+        &open("n1", "LAB\\anna"),
+        &start("n1", "LAB\\bob"),
+    ]);
+    applied(&d, 3.0);
+    let t1 = now();
+    d.send(stop("n1", "LAB\\bob").as_bytes());
+    applied(&d, 4.0);
+    let now_before = d.json("/api/v1/sessions");
+    let past_before = d.json(&format!("/api/v1/sessions?at={t1}"));
+    assert_eq!(users_of(&past_before).len(), 2);
+
+    // A clean stop, then a start on the same journal.
+    let (dir, config) = (
+        std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap()),
+        d.config.clone(),
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+    let d = Daemon::start_with(dir, config);
+    let m = d.metrics();
+    assert_eq!(m.must("qliksense_sessions_active{host=\"n1\"}"), 1.0);
+    assert_eq!(m.must("qliksense_connections_active{host=\"n1\"}"), 1.0);
+    assert_eq!(m.must("qliksense_users_active{host=\"n1\"}"), 1.0);
+    let mut now_after = d.json("/api/v1/sessions");
+    now_after["at"] = now_before["at"].clone();
+    assert_eq!(now_after, now_before);
+    assert_eq!(d.json(&format!("/api/v1/sessions?at={t1}")), past_before);
+
+    // New events continue the numbering; the restored session can be stopped.
+    d.send(stop("n1", "LAB\\anna").as_bytes());
+    d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 0.0);
+    let ev = d.json("/api/v1/events?from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z");
+    let seqs: Vec<u64> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+
+    // SIGKILL after the API answered (so the journal had committed): nothing lost.
+    let mut d = d;
+    let (dir, config) = (
+        std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap()),
+        d.config.clone(),
+    );
+    d.send(start("n1", "LAB\\carl").as_bytes());
+    d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 1.0);
+    let before_kill = d.json("/api/v1/sessions");
+    assert!(
+        Command::new("kill")
+            .arg("-KILL")
+            .arg(d.child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = d.child.wait();
+    let d = Daemon::start_with(dir, config);
+    let mut after_kill = d.json("/api/v1/sessions");
+    after_kill["at"] = before_kill["at"].clone();
+    assert_eq!(after_kill, before_kill);
+    assert_eq!(
+        d.metrics().must("qliksense_sessions_active{host=\"n1\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn the_api_needs_the_token_when_one_is_set() {
+    let d = Daemon::start("http:\n  listen: \"127.0.0.1:0\"\n  auth_token: \"s3cret-token\"\n");
+    let (code, body) = d.get("/api/v1/sessions");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"));
+    let (code, _) = http_get_with(
+        d.http,
+        "/api/v1/sessions",
+        "Authorization: Bearer wrong\r\n",
+    );
+    assert_eq!(code, 401);
+    let (code, _) = http_get_with(d.http, "/api/v1/sessions?access_token=s3cret-token", "");
+    assert_eq!(code, 401, "only the stream takes the token in the query");
+    let (code, body) = http_get_with(
+        d.http,
+        "/api/v1/sessions",
+        "Authorization: Bearer s3cret-token\r\n",
+    );
+    assert_eq!(code, 200, "{body}");
+    // Metrics and health stay open for Prometheus and load balancers.
+    assert_eq!(d.get("/metrics").0, 200);
+    assert_eq!(d.get("/readyz").0, 200);
+}
