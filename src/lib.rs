@@ -13,3 +13,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod sessions;
 pub mod simulate;
+pub mod who;

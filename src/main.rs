@@ -25,6 +25,27 @@ enum Cmd {
     Run,
     /// Validate the configuration: exit 0, or 2 with every problem by key path.
     CheckConfig,
+    /// Who is (or was, with --at) logged in, from a running daemon.
+    Who {
+        /// The instant to ask about (RFC 3339, e.g. 2026-11-21T10:42:00Z); default now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Only this Qlik node.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this user, written DIRECTORY\userid.
+        #[arg(long)]
+        user: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = whosin::who::Format::Table)]
+        format: whosin::who::Format,
+        /// The daemon's base URL [default: from http.listen in the config, else http://127.0.0.1:9842].
+        #[arg(long)]
+        server: Option<String>,
+        /// Bearer token [default: $WHOSIN_TOKEN, else http.auth_token from the config].
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Send realistic Qlik proxy traffic to a whosin (or Butler SOS).
     Simulate {
         /// Where to send the datagrams.
@@ -56,6 +77,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS provider for every HTTPS client in the process (ring: no C toolchain beyond cc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -76,6 +99,53 @@ fn main() -> ExitCode {
             }
         },
         Cmd::CheckConfig => check_config(&source),
+        Cmd::Who {
+            at,
+            host,
+            user,
+            format,
+            server,
+            token,
+        } => {
+            // The config, when there is one, tells where the daemon listens and its token.
+            let config = source.load().ok();
+            let server = server.unwrap_or_else(|| match &config {
+                Some(c) => {
+                    let mut addr = c.http.listen;
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    format!("http://{addr}")
+                }
+                None => "http://127.0.0.1:9842".to_owned(),
+            });
+            let token = token
+                .or_else(|| std::env::var("WHOSIN_TOKEN").ok())
+                .or_else(|| config.and_then(|c| c.http.auth_token));
+            let opts = whosin::who::Options {
+                server,
+                at,
+                host,
+                user,
+                format,
+                token,
+            };
+            match whosin::who::run(&opts) {
+                Ok(out) => {
+                    // JSON is the API's body byte for byte; the table ends in a newline.
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("whosin who: {e:#}");
+                    if e.downcast_ref::<whosin::who::BadRequest>().is_some() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        }
         Cmd::Simulate {
             target,
             users,

@@ -286,3 +286,78 @@ fn the_api_needs_the_token_when_one_is_set() {
     assert_eq!(d.get("/metrics").0, 200);
     assert_eq!(d.get("/readyz").0, 200);
 }
+
+#[test]
+fn who_prints_the_api_body_or_a_table() {
+    let d = Daemon::start("http:\n  listen: \"127.0.0.1:0\"\n  auth_token: \"t0ken\"\n");
+    d.send_all(&[
+        &start("n1", "LAB\\anna"),
+        &open("n1", "LAB\\anna"),
+        &start("n2", "CORP\\bob"),
+    ]);
+    applied(&d, 3.0);
+    let at = now();
+    let server = format!("http://{}", d.http);
+    let who = |args: &[&str]| {
+        Command::new(common::bin())
+            .arg("who")
+            .args(["--server", &server, "--token", "t0ken"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = who(&["--format", "json", "--at", &at]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body) = http_get_with(
+        d.http,
+        &format!("/api/v1/sessions?at={at}"),
+        "Authorization: Bearer t0ken\r\n",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        body,
+        "exactly the API's body"
+    );
+
+    let out = who(&["--host", "n1"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table.contains("LAB\\anna") && !table.contains("bob"),
+        "{table}"
+    );
+    assert!(table.contains("Chrome 131"), "{table}");
+    assert!(
+        table
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("1 session, 1 user at "),
+        "{table}"
+    );
+
+    let out = who(&["--at", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at:"));
+
+    let out = Command::new(common::bin())
+        .args(["who", "--server", &server])
+        .env_remove("WHOSIN_TOKEN")
+        .current_dir(d.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+
+    let out = Command::new(common::bin())
+        .args(["who", "--server", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach whosin"));
+}

@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use foldhash::HashMap;
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::journal::{from_nanos, join_name, nanos};
 
 /// One app in a session.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AppView {
     /// App GUID.
     pub id: String,
@@ -25,7 +25,7 @@ pub struct AppView {
 }
 
 /// One session in an answer.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SessionView {
     /// Qlik node.
     pub host: String,
@@ -48,7 +48,7 @@ pub struct SessionView {
 }
 
 /// The body of `/api/v1/sessions`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SessionsAnswer {
     /// The instant asked about.
     pub at: Timestamp,

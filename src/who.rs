@@ -1,0 +1,250 @@
+//! `whosin who`: who is (or was) logged in, from a running daemon's API.
+//!
+//! `--format json` prints exactly the body of `/api/v1/sessions`; the table is
+//! for a person during an incident: host, user, since when, for how long, how
+//! many apps, browser and OS, and a total line.
+
+use std::time::Duration;
+
+use crate::sessions::query::SessionsAnswer;
+use anyhow::{Context, bail};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    Table,
+    /// The API's JSON, unchanged.
+    Json,
+}
+
+/// What to ask.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Base URL of the daemon, e.g. `http://127.0.0.1:9842`.
+    pub server: String,
+    /// The instant (RFC 3339), or now.
+    pub at: Option<String>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this user (`DIRECTORY\userid`).
+    pub user: Option<String>,
+    /// Output format.
+    pub format: Format,
+    /// Bearer token, when the daemon has `http.auth_token`.
+    pub token: Option<String>,
+}
+
+/// A failure the user caused (bad `--at`, unknown user syntax): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+/// Asks the daemon and returns what to print.
+pub fn run(opts: &Options) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(fetch(opts))
+}
+
+async fn fetch(opts: &Options) -> anyhow::Result<String> {
+    let base = opts.server.trim_end_matches('/');
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if let Some(at) = &opts.at {
+        query.push(("at", at));
+    }
+    if let Some(h) = &opts.host {
+        query.push(("host", h));
+    }
+    if let Some(u) = &opts.user {
+        query.push(("user", u));
+    }
+    let mut url = reqwest::Url::parse(&format!("{base}/api/v1/sessions")).map_err(|e| {
+        BadRequest(format!(
+            "--server {base:?} is not a URL like http://127.0.0.1:9842 ({e})"
+        ))
+    })?;
+    url.query_pairs_mut().extend_pairs(query);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("creating the HTTP client")?;
+    let mut req = client.get(url);
+    if let Some(t) = &opts.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.with_context(|| {
+        format!(
+            "cannot reach whosin at {base}: is it running, and is --server (or http.listen) right?"
+        )
+    })?;
+    let status = resp.status();
+    let body = resp.text().await.context("reading the answer")?;
+    if status == reqwest::StatusCode::BAD_REQUEST {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        return Err(BadRequest(msg).into());
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!(
+            "whosin at {base} wants a token: pass --token, set WHOSIN_TOKEN, or give -c with the config that has http.auth_token"
+        );
+    }
+    if !status.is_success() {
+        bail!("whosin at {base} answered {status}: {body}");
+    }
+    match opts.format {
+        Format::Json => Ok(body),
+        Format::Table => {
+            let answer: SessionsAnswer =
+                serde_json::from_str(&body).context("the answer is not the sessions JSON")?;
+            Ok(table(&answer))
+        }
+    }
+}
+
+/// `1h 02m`, `3m 05s`, `2d 4h`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// The table a person reads; durations are as of the answer's instant.
+pub fn table(a: &SessionsAnswer) -> String {
+    let header = [
+        "HOST",
+        "USER",
+        "SINCE (UTC)",
+        "FOR",
+        "CONN",
+        "APPS",
+        "BROWSER",
+        "OS",
+    ];
+    let rows: Vec<[String; 8]> = a
+        .sessions
+        .iter()
+        .map(|s| {
+            let since = s.started_at.strftime("%Y-%m-%d %H:%M:%S").to_string();
+            let dur =
+                a.at.duration_since(s.started_at)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+            [
+                s.host.clone(),
+                s.user.clone(),
+                since,
+                human(dur),
+                s.connections.to_string(),
+                s.apps.len().to_string(),
+                s.browser.clone().unwrap_or_else(|| "-".into()),
+                s.os.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(c);
+            if i + 1 < cells.len() {
+                l.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(c.chars().count()),
+                ));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    if !rows.is_empty() {
+        line(&header.map(String::from), &mut out);
+        for r in &rows {
+            line(r, &mut out);
+        }
+    }
+    out.push_str(&format!(
+        "{} session{}, {} user{} at {}\n",
+        a.sessions.len(),
+        if a.sessions.len() == 1 { "" } else { "s" },
+        a.users,
+        if a.users == 1 { "" } else { "s" },
+        a.at
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::query::{AppView, SessionView};
+    use jiff::Timestamp;
+
+    #[test]
+    fn table_lines_up_and_totals() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let a = SessionsAnswer {
+            at: t("2026-11-21T10:42:00Z"),
+            users: 1,
+            sessions: vec![SessionView {
+                host: "sense-node1".into(),
+                user_directory: "LAB".into(),
+                user_id: "anna".into(),
+                user: "LAB\\anna".into(),
+                started_at: t("2026-11-21T09:39:30Z"),
+                connections: 2,
+                apps: vec![AppView {
+                    id: "x".into(),
+                    name: None,
+                }],
+                browser: Some("Chrome 131".into()),
+                os: None,
+            }],
+        };
+        let out = table(&a);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("HOST         USER      SINCE (UTC)"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("2026-11-21 09:39:30  1h 02m  2     1     Chrome 131  -"),
+            "{out}"
+        );
+        assert_eq!(lines[2], "1 session, 1 user at 2026-11-21T10:42:00Z");
+        let empty = SessionsAnswer {
+            at: a.at,
+            users: 0,
+            sessions: vec![],
+        };
+        assert_eq!(
+            table(&empty),
+            "0 sessions, 0 users at 2026-11-21T10:42:00Z\n"
+        );
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(Duration::from_secs(5)), "5s");
+        assert_eq!(human(Duration::from_secs(185)), "3m 05s");
+        assert_eq!(human(Duration::from_secs(3720)), "1h 02m");
+        assert_eq!(human(Duration::from_secs(2 * 86_400 + 4 * 3600)), "2d 4h");
+    }
+}
