@@ -24,9 +24,6 @@ use crate::ingest::{self, IngestSettings};
 use crate::metrics::Metrics;
 use crate::sessions::{self, Core, CoreSettings, Input, journal};
 
-/// An accepted event is committed to the journal within this long.
-pub const JOURNAL_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// A failure that maps to exit code 2 (bad configuration), not 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -112,7 +109,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     let (jtx, jrx) = std::sync::mpsc::channel();
     let journal_thread = journal::spawn_writer(
         conn,
-        JOURNAL_WINDOW,
+        config.journal.commit_window.get(),
         config.retention.get(),
         jrx,
         journal_health.clone(),

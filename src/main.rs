@@ -45,6 +45,9 @@ enum Cmd {
         /// Bearer token [default: $WHOSIN_TOKEN, else http.auth_token from the config].
         #[arg(long)]
         token: Option<String>,
+        /// Table order.
+        #[arg(long, value_enum, default_value_t = whosin::who::Sort::Host)]
+        sort: whosin::who::Sort,
     },
     /// Send realistic Qlik proxy traffic to a whosin (or Butler SOS).
     Simulate {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             format,
             server,
             token,
+            sort,
         } => {
             // The config, when there is one, tells where the daemon listens and its token.
             let config = source.load().ok();
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
                 user,
                 format,
                 token,
+                sort,
             };
             match whosin::who::run(&opts) {
                 Ok(out) => {

@@ -18,6 +18,17 @@ pub enum Format {
     Json,
 }
 
+/// Table order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sort {
+    /// By host, then user (the API's order).
+    Host,
+    /// By user, then host.
+    User,
+    /// Longest-running first.
+    Since,
+}
+
 /// What to ask.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -33,6 +44,8 @@ pub struct Options {
     pub format: Format,
     /// Bearer token, when the daemon has `http.auth_token`.
     pub token: Option<String>,
+    /// Table order (JSON stays as the API sends it).
+    pub sort: Sort,
 }
 
 /// A failure the user caused (bad `--at`, unknown user syntax): exit code 2.
@@ -99,10 +112,25 @@ async fn fetch(opts: &Options) -> anyhow::Result<String> {
     match opts.format {
         Format::Json => Ok(body),
         Format::Table => {
-            let answer: SessionsAnswer =
+            let mut answer: SessionsAnswer =
                 serde_json::from_str(&body).context("the answer is not the sessions JSON")?;
+            sort(&mut answer, opts.sort);
             Ok(table(&answer))
         }
+    }
+}
+
+/// Orders the sessions for the table.
+pub fn sort(a: &mut SessionsAnswer, by: Sort) {
+    let key = |s: &crate::sessions::query::SessionView| s.user.to_lowercase();
+    match by {
+        Sort::Host => a
+            .sessions
+            .sort_by(|x, y| (&x.host, key(x), x.started_at).cmp(&(&y.host, key(y), y.started_at))),
+        Sort::User => a
+            .sessions
+            .sort_by(|x, y| (key(x), &x.host, x.started_at).cmp(&(key(y), &y.host, y.started_at))),
+        Sort::Since => a.sessions.sort_by_key(|s| s.started_at),
     }
 }
 
@@ -238,6 +266,43 @@ mod tests {
             table(&empty),
             "0 sessions, 0 users at 2026-11-21T10:42:00Z\n"
         );
+    }
+
+    #[test]
+    fn sorting_by_user_host_and_since() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let v = |host: &str, user: &str, since: &str| SessionView {
+            host: host.into(),
+            user_directory: "LAB".into(),
+            user_id: user.into(),
+            user: format!("LAB\\{user}"),
+            started_at: t(since),
+            connections: 0,
+            apps: vec![],
+            browser: None,
+            os: None,
+        };
+        let mut a = SessionsAnswer {
+            at: t("2026-11-21T12:00:00Z"),
+            users: 2,
+            sessions: vec![
+                v("n2", "anna", "2026-11-21T09:00:00Z"),
+                v("n1", "Bob", "2026-11-21T08:00:00Z"),
+                v("n1", "anna", "2026-11-21T10:00:00Z"),
+            ],
+        };
+        let order = |a: &SessionsAnswer| {
+            a.sessions
+                .iter()
+                .map(|s| format!("{}@{}", s.user_id, s.host))
+                .collect::<Vec<_>>()
+        };
+        sort(&mut a, Sort::User);
+        assert_eq!(order(&a), ["anna@n1", "anna@n2", "Bob@n1"]);
+        sort(&mut a, Sort::Host);
+        assert_eq!(order(&a), ["anna@n1", "Bob@n1", "anna@n2"]);
+        sort(&mut a, Sort::Since);
+        assert_eq!(order(&a), ["Bob@n1", "anna@n2", "anna@n1"]);
     }
 
     #[test]

@@ -219,6 +219,7 @@ fn apply_section(config: &mut Config, key: &str, value: Value, problems: &mut Ve
         "http" => set!(http),
         "data_dir" => set!(data_dir),
         "retention" => set!(retention),
+        "journal" => set!(journal),
         "sessions" => set!(sessions),
         "sinks" => set!(sinks),
         "qlik" => set!(qlik),
@@ -244,7 +245,7 @@ fn apply_section(config: &mut Config, key: &str, value: Value, problems: &mut Ve
         },
         other => problems.push(Problem::new(
             other,
-            "unknown key (expected one of udp, http, data_dir, retention, sessions, blacklist, tags, sinks, qlik)",
+            "unknown key (expected one of udp, http, data_dir, retention, journal, sessions, blacklist, tags, sinks, qlik)",
         )),
     }
 }
@@ -359,6 +360,16 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     }
     if c.retention.get().is_zero() {
         p("retention", "must be longer than 0s".into());
+    }
+    let window = c.journal.commit_window.get();
+    if window.is_zero() || window > std::time::Duration::from_secs(60) {
+        p(
+            "journal.commit_window",
+            format!(
+                "{} is out of range: between 1ms and 60s",
+                c.journal.commit_window
+            ),
+        );
     }
     for (i, e) in c.blacklist.iter().enumerate() {
         let path = format!("blacklist[{i}]");

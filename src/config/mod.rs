@@ -76,6 +76,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long the journal keeps events and sessions.
     pub retention: HumanDuration,
+    /// How the journal writes.
+    pub journal: JournalConfig,
     /// How sessions are tracked.
     pub sessions: SessionsConfig,
     /// Users whose events are dropped everywhere (service accounts).
@@ -95,6 +97,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             data_dir: PathBuf::from("./data"),
             retention: HumanDuration::from_secs(90 * 86_400),
+            journal: JournalConfig::default(),
             sessions: SessionsConfig::default(),
             blacklist: Vec::new(),
             tags: BTreeMap::new(),
@@ -144,6 +147,22 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9842)),
             auth_token: None,
+        }
+    }
+}
+
+/// `journal:` how the journal writes.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// An accepted event is committed within this long (what a crash can lose).
+    pub commit_window: HumanDuration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            commit_window: HumanDuration::from_millis(100),
         }
     }
 }

@@ -67,6 +67,15 @@ pub struct Filter {
     pub user_key: Option<String>,
 }
 
+/// The longest ended interval in `table` (ns), from its duration index.
+fn longest_of(conn: &Connection, table: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        &format!("SELECT coalesce(max(duration), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// Who was in at `at`.
 pub fn sessions_at(
     conn: &Connection,
@@ -74,11 +83,17 @@ pub fn sessions_at(
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
     let t = nanos(at);
+    // Finding the intervals that contain an instant is the slow question for
+    // an index; bounding it by the longest interval ever ended turns it into a
+    // range scan on the start: only rows that started within that span before
+    // `at` can contain it (plus the ones still open, found by their NULL end).
+    let longest = longest_of(conn, "sessions")?;
     let mut stmt = conn.prepare_cached(
         "SELECT id, host, user_key, user_directory, user_id, proxy_session_id, started_at,
                 browser, browser_major, os, os_version
          FROM sessions
-         WHERE started_at <= ?1 AND (ended_at IS NULL OR ended_at > ?1)
+         WHERE ((started_at <= ?1 AND started_at >= ?1 - ?4 AND ended_at > ?1)
+                OR (ended_at IS NULL AND started_at <= ?1))
            AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR user_key = ?3)
          ORDER BY host, user_key, started_at, id",
     )?;
@@ -90,7 +105,7 @@ pub fn sessions_at(
         app_ids: Vec<String>,
     }
     let mut rows: Vec<Row> = stmt
-        .query_map(params![t, f.host, f.user_key], |r| {
+        .query_map(params![t, f.host, f.user_key, longest], |r| {
             let dir: String = r.get(3)?;
             let id: String = r.get(4)?;
             Ok(Row {
@@ -121,13 +136,15 @@ pub fn sessions_at(
             .or_default()
             .push(i);
     }
+    let longest = longest_of(conn, "connections")?;
     let mut stmt = conn.prepare_cached(
         "SELECT host, user_key, app_id, proxy_session_id FROM connections
-         WHERE opened_at <= ?1 AND (closed_at IS NULL OR closed_at > ?1)
+         WHERE ((opened_at <= ?1 AND opened_at >= ?1 - ?4 AND closed_at > ?1)
+                OR (closed_at IS NULL AND opened_at <= ?1))
            AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR user_key = ?3)
          ORDER BY opened_at, id",
     )?;
-    let conns = stmt.query_map(params![t, f.host, f.user_key], |r| {
+    let conns = stmt.query_map(params![t, f.host, f.user_key, longest], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -231,11 +248,14 @@ pub fn concurrency(
     }
     let mut changes: Vec<(i64, Kind, u32)> = Vec::new();
     let mut user_ids: HashMap<String, u32> = HashMap::default();
+    let longest_session = longest_of(conn, "sessions")?;
     let mut stmt = conn.prepare_cached(
         "SELECT user_key, started_at, ended_at FROM sessions
-         WHERE started_at <= ?2 AND (ended_at IS NULL OR ended_at > ?1) AND (?3 IS NULL OR host = ?3)",
+         WHERE ((started_at <= ?2 AND started_at >= ?1 - ?4 AND ended_at > ?1)
+                OR (ended_at IS NULL AND started_at <= ?2))
+           AND (?3 IS NULL OR host = ?3)",
     )?;
-    let rows = stmt.query_map(params![lo, hi, f.host], |r| {
+    let rows = stmt.query_map(params![lo, hi, f.host, longest_session], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
@@ -251,11 +271,14 @@ pub fn concurrency(
             changes.push((e, Kind::SessionEnd, uid));
         }
     }
+    let longest_connection = longest_of(conn, "connections")?;
     let mut stmt = conn.prepare_cached(
         "SELECT opened_at, closed_at FROM connections
-         WHERE opened_at <= ?2 AND (closed_at IS NULL OR closed_at > ?1) AND (?3 IS NULL OR host = ?3)",
+         WHERE ((opened_at <= ?2 AND opened_at >= ?1 - ?4 AND closed_at > ?1)
+                OR (closed_at IS NULL AND opened_at <= ?2))
+           AND (?3 IS NULL OR host = ?3)",
     )?;
-    let rows = stmt.query_map(params![lo, hi, f.host], |r| {
+    let rows = stmt.query_map(params![lo, hi, f.host, longest_connection], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
     })?;
     for row in rows {
@@ -346,4 +369,186 @@ pub fn concurrency(
         points,
         peak,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse::Parser;
+    use crate::sessions::journal::{self, Write};
+    use crate::sessions::live::LiveState;
+    use std::time::Duration;
+
+    const APP: &str = "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c";
+
+    fn at(min: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + min * 60).unwrap()
+    }
+
+    /// A journal fed like the daemon feeds it, with events at chosen minutes.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        conn: Connection,
+        state: LiveState,
+        parser: Parser,
+        seq: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let conn = journal::open(&journal::path_in(dir.path())).unwrap();
+            Fixture {
+                _dir: dir,
+                conn,
+                state: LiveState::new(Duration::from_secs(30 * 60)),
+                parser: Parser::new(),
+                seq: 0,
+            }
+        }
+
+        fn send(&mut self, min: i64, host: &str, cmd: &str, user: &str) {
+            let (dir, id) = user.split_once('\\').unwrap();
+            let (kind, ctx) = if cmd.contains("connection") {
+                ("connection", format!("/app/{APP}"))
+            } else {
+                ("session", "/hub/".to_owned())
+            };
+            let line = format!("/qseow-proxy-{kind}/;{host};{cmd};{dir};{id};AppAccess;{ctx};m");
+            let ev = self.parser.parse(line.as_bytes(), at(min)).unwrap();
+            let out = self.state.apply(&ev);
+            self.seq += 1;
+            let mut batch = vec![Write::Event(self.seq, Box::new(ev))];
+            batch.extend(out.changes.into_iter().map(Write::Change));
+            journal::write_batch(&mut self.conn, &batch).unwrap();
+        }
+
+        fn expire(&mut self, min: i64) {
+            let out = self.state.expire(at(min));
+            let batch: Vec<Write> = out.changes.into_iter().map(Write::Change).collect();
+            journal::write_batch(&mut self.conn, &batch).unwrap();
+        }
+
+        /// `user@host` of every session in at `min` (minutes may be fractional via seconds).
+        fn who(&self, t: Timestamp, f: &Filter) -> Vec<String> {
+            sessions_at(&self.conn, t, f)
+                .unwrap()
+                .sessions
+                .iter()
+                .map(|s| format!("{}@{}", s.user, s.host))
+                .collect()
+        }
+    }
+
+    fn all() -> Filter {
+        Filter::default()
+    }
+
+    #[test]
+    fn forensic_answers_at_several_instants() {
+        let mut fx = Fixture::new();
+        // anna: two overlapping sessions on n1 and one on n2.
+        fx.send(0, "n1", "Start session", "LAB\\anna");
+        fx.send(10, "n1", "Start session", "LAB\\Anna");
+        fx.send(15, "n2", "Start session", "lab\\anna");
+        fx.send(16, "n1", "Open connection", "LAB\\anna");
+        fx.send(20, "n1", "Stop session", "LAB\\anna"); // ends the oldest (from 0)
+        fx.send(30, "n1", "Close connection", "LAB\\anna");
+        fx.send(40, "n1", "Stop session", "LAB\\anna"); // ends the one from 10
+        // bob: starts and goes idle; expires 30 minutes after his last event.
+        fx.send(5, "n2", "Start session", "CORP\\bob");
+        fx.expire(36);
+        fx.send(50, "n2", "Stop session", "LAB\\anna");
+
+        let minute = |m: i64| fx.who(at(m), &all());
+        assert_eq!(minute(-1), Vec::<String>::new());
+        // Exactly at a start: in.
+        assert_eq!(minute(0), vec!["LAB\\anna@n1"]);
+        assert_eq!(minute(5), vec!["LAB\\anna@n1", "CORP\\bob@n2"]);
+        assert_eq!(
+            minute(12),
+            vec!["LAB\\anna@n1", "LAB\\anna@n1", "CORP\\bob@n2"]
+        );
+        let at17 = sessions_at(&fx.conn, at(17), &all()).unwrap();
+        assert_eq!(at17.sessions.len(), 4);
+        assert_eq!(at17.users, 2, "anna on two hosts is one user");
+        // Exactly at a stop: out (the session from minute 0 ended at 20).
+        let at20 = sessions_at(
+            &fx.conn,
+            at(20),
+            &Filter {
+                host: Some("n1".into()),
+                ..all()
+            },
+        )
+        .unwrap();
+        assert_eq!(at20.sessions.len(), 1);
+        assert_eq!(at20.sessions[0].started_at, at(10));
+        assert_eq!(at20.sessions[0].connections, 1);
+        assert_eq!(at20.sessions[0].apps[0].id, APP);
+        // bob expired at 5 + 30 = 35, not when it was noticed (36).
+        assert!(minute(34).contains(&"CORP\\bob@n2".to_owned()));
+        assert!(!minute(35).contains(&"CORP\\bob@n2".to_owned()));
+        assert_eq!(
+            minute(45),
+            vec!["lab\\anna@n2"],
+            "shown as first seen on that host"
+        );
+        assert_eq!(minute(50), Vec::<String>::new());
+        // The user filter folds case.
+        let anna = Filter {
+            user_key: Some("lab\\anna".into()),
+            ..all()
+        };
+        assert_eq!(fx.who(at(17), &anna).len(), 3);
+    }
+
+    #[test]
+    fn concurrency_points_and_peak() {
+        let mut fx = Fixture::new();
+        fx.send(0, "n1", "Start session", "LAB\\anna");
+        fx.send(10, "n1", "Start session", "LAB\\anna");
+        fx.send(12, "n2", "Start session", "CORP\\bob");
+        fx.send(13, "n2", "Open connection", "CORP\\bob");
+        fx.send(20, "n1", "Stop session", "LAB\\anna");
+        fx.send(25, "n2", "Stop session", "CORP\\bob");
+        let c = concurrency(
+            &fx.conn,
+            at(-5),
+            at(30),
+            Duration::from_secs(600),
+            "10m".into(),
+            &all(),
+        )
+        .unwrap();
+        let got: Vec<(u64, u64, u64)> = c
+            .points
+            .iter()
+            .map(|p| (p.sessions, p.users, p.connections))
+            .collect();
+        // -5, 5, 15, 25 (bob stopped exactly then), and last `to` = 30.
+        assert_eq!(
+            got,
+            vec![(0, 0, 0), (1, 1, 0), (3, 2, 1), (1, 1, 0), (1, 1, 0)]
+        );
+        assert_eq!(c.points.last().unwrap().t, at(30));
+        assert_eq!((c.peak.t, c.peak.sessions, c.peak.users), (at(12), 3, 2));
+        let n2 = concurrency(
+            &fx.conn,
+            at(-5),
+            at(30),
+            Duration::from_secs(600),
+            "10m".into(),
+            &Filter {
+                host: Some("n2".into()),
+                ..all()
+            },
+        )
+        .unwrap();
+        assert_eq!(n2.peak.sessions, 1);
+        assert_eq!(
+            n2.peak.connections, 0,
+            "the earliest instant with the most sessions"
+        );
+    }
 }
