@@ -81,11 +81,9 @@ const MIGRATIONS: &[&str] = &[
         browser TEXT,
         browser_major TEXT,
         os TEXT,
-        os_version TEXT,
-        duration INTEGER GENERATED ALWAYS AS (ended_at - started_at) VIRTUAL
+        os_version TEXT
     );
     CREATE INDEX sessions_start ON sessions(started_at);
-    CREATE INDEX sessions_duration ON sessions(duration);
     CREATE INDEX sessions_end ON sessions(ended_at);
     CREATE INDEX sessions_user ON sessions(user_key, started_at);
     CREATE TABLE connections (
@@ -97,18 +95,31 @@ const MIGRATIONS: &[&str] = &[
         proxy_session_id TEXT,
         opened_at INTEGER NOT NULL,
         closed_at INTEGER,
-        close_reason TEXT,
-        duration INTEGER GENERATED ALWAYS AS (closed_at - opened_at) VIRTUAL
+        close_reason TEXT
     );
     CREATE INDEX connections_open ON connections(opened_at);
-    CREATE INDEX connections_duration ON connections(duration);
     CREATE INDEX connections_close ON connections(closed_at);
+    -- Which intervals contain an instant is a stabbing query that a B-tree
+    -- answers only by scanning; an R*Tree over [start, end] answers it in
+    -- O(log n + answer). Coordinates are seconds (SQLite stores them as 32-bit
+    -- floats, rounded outward), so the R*Tree narrows and the exact
+    -- nanosecond columns decide. Open intervals end at OPEN_END.
+    CREATE VIRTUAL TABLE sessions_span USING rtree(id, start_s, end_s);
+    CREATE VIRTUAL TABLE connections_span USING rtree(id, start_s, end_s);
     CREATE TABLE sink_cursors (
         sink TEXT PRIMARY KEY,
         seq INTEGER NOT NULL
     );
     ",
 ];
+
+/// The R*Tree end of an interval that has not ended (the year 2286).
+pub const OPEN_END: f64 = 1e10;
+
+/// Seconds since the epoch, the R*Tree's coordinate.
+pub fn span_secs(t: Timestamp) -> f64 {
+    t.as_second() as f64 + f64::from(t.subsec_nanosecond()) / 1e9
+}
 
 /// Nanoseconds since the Unix epoch, the journal's time unit.
 pub fn nanos(t: Timestamp) -> i64 {
@@ -380,11 +391,16 @@ impl Writer {
     fn retain(&mut self, retention: Duration) {
         let cutoff =
             nanos(Timestamp::now()) - i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
-        let result = self.conn.execute_batch(&format!(
-            "DELETE FROM events WHERE time < {cutoff} AND seq < (SELECT max(seq) FROM events);
-             DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < {cutoff};
-             DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < {cutoff};"
-        ));
+        let result = self.conn.transaction().and_then(|tx| {
+            tx.execute_batch(&format!(
+                "DELETE FROM events WHERE time < {cutoff} AND seq < (SELECT max(seq) FROM events);
+                 DELETE FROM sessions_span WHERE id IN (SELECT id FROM sessions WHERE ended_at < {cutoff});
+                 DELETE FROM sessions WHERE ended_at < {cutoff};
+                 DELETE FROM connections_span WHERE id IN (SELECT id FROM connections WHERE closed_at < {cutoff});
+                 DELETE FROM connections WHERE closed_at < {cutoff};"
+            ))?;
+            tx.commit()
+        });
         if let Err(e) = result {
             tracing::warn!("journal: retention cleanup failed: {e}");
         }
@@ -405,7 +421,9 @@ fn format_name(f: Format) -> &'static str {
     }
 }
 
-pub(crate) fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+/// Writes one batch in one transaction (the writer thread does this; tools and
+/// benchmarks may too).
+pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut ins_event = tx.prepare_cached(
@@ -419,6 +437,16 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::R
                implied, browser, browser_major, os, os_version)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
+        let mut ins_session_span = tx.prepare_cached(
+            "INSERT OR REPLACE INTO sessions_span (id, start_s, end_s) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut end_session_span =
+            tx.prepare_cached("UPDATE sessions_span SET end_s = max(start_s, ?2) WHERE id = ?1")?;
+        let mut ins_conn_span = tx.prepare_cached(
+            "INSERT OR REPLACE INTO connections_span (id, start_s, end_s) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut close_conn_span = tx
+            .prepare_cached("UPDATE connections_span SET end_s = max(start_s, ?2) WHERE id = ?1")?;
         let mut bind_session =
             tx.prepare_cached("UPDATE sessions SET proxy_session_id = ?2 WHERE id = ?1")?;
         let mut end_session = tx.prepare_cached(
@@ -482,6 +510,11 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::R
                         ua.and_then(|u| u.os.as_deref()),
                         ua.and_then(|u| u.os_version.as_deref()),
                     ])?;
+                    ins_session_span.execute(params![
+                        s.id as i64,
+                        span_secs(s.started_at),
+                        OPEN_END
+                    ])?;
                 }
                 Write::Change(Change::SessionBound {
                     id,
@@ -491,6 +524,7 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::R
                 }
                 Write::Change(Change::SessionEnded { id, at, reason }) => {
                     end_session.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
+                    end_session_span.execute(params![*id as i64, span_secs(*at)])?;
                 }
                 Write::Change(Change::ConnectionOpened {
                     host,
@@ -506,9 +540,15 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::R
                         c.proxy_session_id,
                         nanos(c.opened_at),
                     ])?;
+                    ins_conn_span.execute(params![
+                        c.id as i64,
+                        span_secs(c.opened_at),
+                        OPEN_END
+                    ])?;
                 }
                 Write::Change(Change::ConnectionClosed { id, at, reason }) => {
                     close_conn.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
+                    close_conn_span.execute(params![*id as i64, span_secs(*at)])?;
                 }
                 Write::Flush(_) => {}
             }

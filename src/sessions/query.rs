@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use super::journal::{from_nanos, join_name, nanos};
+use super::journal::{from_nanos, join_name, nanos, span_secs};
 
 /// One app in a session.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,15 +67,6 @@ pub struct Filter {
     pub user_key: Option<String>,
 }
 
-/// The longest ended interval in `table` (ns), from its duration index.
-fn longest_of(conn: &Connection, table: &str) -> rusqlite::Result<i64> {
-    conn.query_row(
-        &format!("SELECT coalesce(max(duration), 0) FROM {table}"),
-        [],
-        |r| r.get(0),
-    )
-}
-
 /// Who was in at `at`.
 pub fn sessions_at(
     conn: &Connection,
@@ -83,19 +74,17 @@ pub fn sessions_at(
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
     let t = nanos(at);
-    // Finding the intervals that contain an instant is the slow question for
-    // an index; bounding it by the longest interval ever ended turns it into a
-    // range scan on the start: only rows that started within that span before
-    // `at` can contain it (plus the ones still open, found by their NULL end).
-    let longest = longest_of(conn, "sessions")?;
+    // The R*Tree finds the candidates (see the journal's schema); the exact
+    // nanosecond columns decide.
+    let secs = span_secs(at);
     let mut stmt = conn.prepare_cached(
-        "SELECT id, host, user_key, user_directory, user_id, proxy_session_id, started_at,
-                browser, browser_major, os, os_version
-         FROM sessions
-         WHERE ((started_at <= ?1 AND started_at >= ?1 - ?4 AND ended_at > ?1)
-                OR (ended_at IS NULL AND started_at <= ?1))
-           AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR user_key = ?3)
-         ORDER BY host, user_key, started_at, id",
+        "SELECT s.id, s.host, s.user_key, s.user_directory, s.user_id, s.proxy_session_id, s.started_at,
+                s.browser, s.browser_major, s.os, s.os_version
+         FROM sessions_span r JOIN sessions s ON s.id = r.id
+         WHERE r.start_s <= ?4 AND r.end_s >= ?4
+           AND s.started_at <= ?1 AND (s.ended_at IS NULL OR s.ended_at > ?1)
+           AND (?2 IS NULL OR s.host = ?2) AND (?3 IS NULL OR s.user_key = ?3)
+         ORDER BY s.host, s.user_key, s.started_at, s.id",
     )?;
     struct Row {
         host: String,
@@ -105,7 +94,7 @@ pub fn sessions_at(
         app_ids: Vec<String>,
     }
     let mut rows: Vec<Row> = stmt
-        .query_map(params![t, f.host, f.user_key, longest], |r| {
+        .query_map(params![t, f.host, f.user_key, secs], |r| {
             let dir: String = r.get(3)?;
             let id: String = r.get(4)?;
             Ok(Row {
@@ -136,15 +125,15 @@ pub fn sessions_at(
             .or_default()
             .push(i);
     }
-    let longest = longest_of(conn, "connections")?;
     let mut stmt = conn.prepare_cached(
-        "SELECT host, user_key, app_id, proxy_session_id FROM connections
-         WHERE ((opened_at <= ?1 AND opened_at >= ?1 - ?4 AND closed_at > ?1)
-                OR (closed_at IS NULL AND opened_at <= ?1))
-           AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR user_key = ?3)
-         ORDER BY opened_at, id",
+        "SELECT c.host, c.user_key, c.app_id, c.proxy_session_id
+         FROM connections_span r JOIN connections c ON c.id = r.id
+         WHERE r.start_s <= ?4 AND r.end_s >= ?4
+           AND c.opened_at <= ?1 AND (c.closed_at IS NULL OR c.closed_at > ?1)
+           AND (?2 IS NULL OR c.host = ?2) AND (?3 IS NULL OR c.user_key = ?3)
+         ORDER BY c.opened_at, c.id",
     )?;
-    let conns = stmt.query_map(params![t, f.host, f.user_key, longest], |r| {
+    let conns = stmt.query_map(params![t, f.host, f.user_key, secs], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -248,14 +237,15 @@ pub fn concurrency(
     }
     let mut changes: Vec<(i64, Kind, u32)> = Vec::new();
     let mut user_ids: HashMap<String, u32> = HashMap::default();
-    let longest_session = longest_of(conn, "sessions")?;
+    let (lo_s, hi_s) = (span_secs(from), span_secs(to));
     let mut stmt = conn.prepare_cached(
-        "SELECT user_key, started_at, ended_at FROM sessions
-         WHERE ((started_at <= ?2 AND started_at >= ?1 - ?4 AND ended_at > ?1)
-                OR (ended_at IS NULL AND started_at <= ?2))
-           AND (?3 IS NULL OR host = ?3)",
+        "SELECT s.user_key, s.started_at, s.ended_at
+         FROM sessions_span r JOIN sessions s ON s.id = r.id
+         WHERE r.start_s <= ?5 AND r.end_s >= ?4
+           AND s.started_at <= ?2 AND (s.ended_at IS NULL OR s.ended_at > ?1)
+           AND (?3 IS NULL OR s.host = ?3)",
     )?;
-    let rows = stmt.query_map(params![lo, hi, f.host, longest_session], |r| {
+    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
@@ -271,14 +261,14 @@ pub fn concurrency(
             changes.push((e, Kind::SessionEnd, uid));
         }
     }
-    let longest_connection = longest_of(conn, "connections")?;
     let mut stmt = conn.prepare_cached(
-        "SELECT opened_at, closed_at FROM connections
-         WHERE ((opened_at <= ?2 AND opened_at >= ?1 - ?4 AND closed_at > ?1)
-                OR (closed_at IS NULL AND opened_at <= ?2))
-           AND (?3 IS NULL OR host = ?3)",
+        "SELECT c.opened_at, c.closed_at
+         FROM connections_span r JOIN connections c ON c.id = r.id
+         WHERE r.start_s <= ?5 AND r.end_s >= ?4
+           AND c.opened_at <= ?2 AND (c.closed_at IS NULL OR c.closed_at > ?1)
+           AND (?3 IS NULL OR c.host = ?3)",
     )?;
-    let rows = stmt.query_map(params![lo, hi, f.host, longest_connection], |r| {
+    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
     })?;
     for row in rows {
