@@ -2,7 +2,8 @@
 //! forensic API costs on it: `?at=` (who was in) at random instants, a
 //! one-day concurrency curve, and the file's size per million events.
 //!
-//! `cargo run --release --example journal_bench -- 10000000 /tmp/bench-journal`
+//! `cargo run --release --example journal_bench -- 10000000 /tmp/bench-journal 3000`
+//! (events, folder, users; about half the users are logged in at any instant)
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -22,6 +23,7 @@ fn main() {
         args.next()
             .unwrap_or_else(|| "/tmp/whosin-journal-bench".into()),
     );
+    let users: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3000);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = journal::path_in(&dir);
@@ -29,7 +31,7 @@ fn main() {
 
     let start = Timestamp::from_second(1_790_000_000).unwrap();
     let span_ns: i128 = 90 * 86_400 * 1_000_000_000;
-    let mut g = Generator::new(20_000, 4, WireFormat::Legacy, 7);
+    let mut g = Generator::new(users, 4, WireFormat::Legacy, 7);
     let mut parser = Parser::new();
     let mut state = LiveState::new(Duration::from_secs(30 * 60));
     let mut lines = Vec::new();
