@@ -191,6 +191,9 @@ fn readiness_names_each_part() {
     assert!(v["parts"]["sinks"].is_object());
     let (code, _) = d.get("/healthz");
     assert_eq!(code, 200);
+    let (code, body) = d.get("/");
+    assert_eq!(code, 200);
+    assert!(body.contains("/api/v1/sessions") && body.contains("/metrics"));
 }
 
 #[test]

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(api)
+        .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -97,6 +98,20 @@ async fn metrics(State(s): State<AppState>) -> Response {
         s.metrics.render(),
     )
         .into_response()
+}
+
+/// Until the live page exists: where everything is.
+async fn index() -> Response {
+    axum::response::Html(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>whosin</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto\">\
+         <h1>whosin</h1><p>Who is logged in to Qlik Sense.</p><ul>\
+         <li><a href=\"/api/v1/sessions\">/api/v1/sessions</a>: who is in now (<code>?at=</code> for the past)</li>\
+         <li><a href=\"/metrics\">/metrics</a>: Prometheus</li>\
+         <li><a href=\"/readyz\">/readyz</a>: readiness</li></ul>\
+         <p>On a shell: <code>whosin who</code>.</p></body></html>",
+    )
+    .into_response()
 }
 
 async fn healthz() -> Response {
