@@ -24,13 +24,21 @@ fn main() {
             .unwrap_or_else(|| "/tmp/whosin-journal-bench".into()),
     );
     let users: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3000);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let path = journal::path_in(&dir);
-    let mut conn = journal::open(&path).unwrap();
-
     let start = Timestamp::from_second(1_790_000_000).unwrap();
     let span_ns: i128 = 90 * 86_400 * 1_000_000_000;
+    if std::env::var_os("MEASURE_ONLY").is_none() {
+        build(n, &dir, users, start, span_ns);
+    }
+    measure(&path, start, span_ns);
+}
+
+fn build(n: u64, dir: &std::path::Path, users: usize, start: Timestamp, span_ns: i128) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let path = journal::path_in(dir);
+    let mut conn = journal::open(&path).unwrap();
+
     let mut g = Generator::new(users, 4, WireFormat::Legacy, 7);
     let mut parser = Parser::new();
     let mut state = LiveState::new(Duration::from_secs(30 * 60));
@@ -84,8 +92,11 @@ fn main() {
         bytes as f64 / 1e6 / (n as f64 / 1e6)
     );
 
+}
+
+fn measure(path: &std::path::Path, start: Timestamp, span_ns: i128) {
     // Fresh reader, as the API uses.
-    let reader = journal::open_reader(&path).unwrap();
+    let reader = journal::open_reader(path).unwrap();
     let mut times = Vec::new();
     let mut found = Vec::new();
     let mut x: u64 = 88172645463325252;

@@ -183,7 +183,8 @@ pub fn recover(conn: &Connection, idle_timeout: Duration) -> rusqlite::Result<Re
     let mut stmt = conn.prepare(
         "SELECT s.id, s.host, s.user_directory, s.user_id, s.proxy_session_id, s.started_at, s.implied,
                 s.browser, s.browser_major, s.os, s.os_version,
-                (SELECT max(e.received_at) FROM events e WHERE e.user_key = s.user_key AND e.host = s.host)
+                (SELECT e.received_at FROM events e WHERE e.user_key = s.user_key AND e.host = s.host
+                 ORDER BY e.time DESC LIMIT 1)
          FROM sessions s WHERE s.ended_at IS NULL ORDER BY s.started_at, s.id",
     )?;
     let rows = stmt.query_map([], |r| {
