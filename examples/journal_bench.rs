@@ -91,7 +91,6 @@ fn build(n: u64, dir: &std::path::Path, users: usize, start: Timestamp, span_ns:
         bytes as f64 / 1e6,
         bytes as f64 / 1e6 / (n as f64 / 1e6)
     );
-
 }
 
 fn measure(path: &std::path::Path, start: Timestamp, span_ns: i128) {

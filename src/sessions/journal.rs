@@ -253,6 +253,9 @@ pub enum Write {
     Change(Change),
     /// Commit now, then answer (the API asks before it reads).
     Flush(Sender<Result<(), String>>),
+    /// Several of the above at once: the core sends one message per batch of
+    /// datagrams rather than one per row.
+    Many(Vec<Write>),
 }
 
 /// The writer's health, for `/readyz`.
@@ -345,6 +348,12 @@ struct Writer {
 
 impl Writer {
     fn push(&mut self, w: Write) {
+        if let Write::Many(all) = w {
+            for w in all {
+                self.push(w);
+            }
+            return;
+        }
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
             self.dropped += 1;
@@ -551,7 +560,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                     close_conn.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
                     close_conn_span.execute(params![*id as i64, span_secs(*at)])?;
                 }
-                Write::Flush(_) => {}
+                Write::Flush(_) | Write::Many(_) => {}
             }
         }
     }

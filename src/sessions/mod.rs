@@ -57,6 +57,7 @@ pub struct Core {
     hosts: HashMap<String, HostMetrics>,
     last_seq: HashMap<(String, Stream), u64>,
     journal: Option<Sender<journal::Write>>,
+    outbox: Vec<journal::Write>,
     next_seq: u64,
 }
 
@@ -70,6 +71,7 @@ impl Core {
             hosts: HashMap::default(),
             last_seq: HashMap::default(),
             journal: None,
+            outbox: Vec::new(),
             next_seq: 1,
         }
     }
@@ -131,17 +133,26 @@ impl Core {
         self.record_ended(&outcome.ended);
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(j) = &self.journal {
-            let _ = j.send(journal::Write::Event(seq, Box::new(ev)));
-            for c in outcome.changes {
-                let _ = j.send(journal::Write::Change(c));
-            }
+        if self.journal.is_some() {
+            self.outbox.push(journal::Write::Event(seq, Box::new(ev)));
+            self.outbox
+                .extend(outcome.changes.into_iter().map(journal::Write::Change));
         }
         Some(seq)
     }
 
+    /// Hands what the last input produced to the journal, in one message.
+    pub fn send_outbox(&mut self) {
+        if let Some(j) = &self.journal
+            && !self.outbox.is_empty()
+        {
+            let _ = j.send(journal::Write::Many(std::mem::take(&mut self.outbox)));
+        }
+    }
+
     /// Asks the journal to commit and answer on `reply` (at once when there is none).
-    pub fn flush(&self, reply: Sender<Result<(), String>>) {
+    pub fn flush(&mut self, reply: Sender<Result<(), String>>) {
+        self.send_outbox();
         match &self.journal {
             Some(j) => {
                 let _ = j.send(journal::Write::Flush(reply));
@@ -156,10 +167,9 @@ impl Core {
     pub fn tick(&mut self, now: Timestamp) {
         let outcome = self.state.expire(now);
         self.record_ended(&outcome.ended);
-        if let Some(j) = &self.journal {
-            for c in outcome.changes {
-                let _ = j.send(journal::Write::Change(c));
-            }
+        if self.journal.is_some() {
+            self.outbox
+                .extend(outcome.changes.into_iter().map(journal::Write::Change));
         }
     }
 
@@ -224,12 +234,16 @@ pub fn spawn(mut core: Core, rx: Receiver<Input>) -> std::io::Result<JoinHandle<
                     Ok(Input::Reload(settings)) => core.reconfigure(settings),
                     Ok(Input::Flush(reply)) => core.flush(reply),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        core.send_outbox();
+                        break;
+                    }
                 }
                 if std::time::Instant::now() >= next_tick {
                     core.tick(Timestamp::now());
                     next_tick = std::time::Instant::now() + EXPIRE_EVERY;
                 }
+                core.send_outbox();
             }
             core
         })
