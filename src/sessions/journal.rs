@@ -101,9 +101,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX connections_close ON connections(closed_at);
     -- Which intervals contain an instant is a stabbing query that a B-tree
     -- answers only by scanning; an R*Tree over [start, end] answers it in
-    -- O(log n + answer). Coordinates are seconds (SQLite stores them as 32-bit
-    -- floats, rounded outward), so the R*Tree narrows and the exact
-    -- nanosecond columns decide. Open intervals end at OPEN_END.
+    -- O(log n + answer). Only ended intervals go in (an open one would be a box
+    -- reaching to the end of time, which slows every search and insert); open
+    -- ones are few and found by their NULL end. Coordinates are seconds
+    -- (SQLite stores them as 32-bit floats, rounded outward), so the R*Tree
+    -- narrows and the exact nanosecond columns decide.
     CREATE VIRTUAL TABLE sessions_span USING rtree(id, start_s, end_s);
     CREATE VIRTUAL TABLE connections_span USING rtree(id, start_s, end_s);
     CREATE TABLE sink_cursors (
@@ -112,9 +114,6 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
 ];
-
-/// The R*Tree end of an interval that has not ended (the year 2286).
-pub const OPEN_END: f64 = 1e10;
 
 /// Seconds since the epoch, the R*Tree's coordinate.
 pub fn span_secs(t: Timestamp) -> f64 {
@@ -447,16 +446,16 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                implied, browser, browser_major, os, os_version)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
-        let mut ins_session_span = tx.prepare_cached(
-            "INSERT OR REPLACE INTO sessions_span (id, start_s, end_s) VALUES (?1, ?2, ?3)",
+        // An interval enters the R*Tree when it ends (its start is read back
+        // from the row this transaction or an earlier one wrote).
+        let mut end_session_span = tx.prepare_cached(
+            "INSERT OR REPLACE INTO sessions_span (id, start_s, end_s)
+             SELECT id, started_at / 1e9, max(started_at, ?2) / 1e9 FROM sessions WHERE id = ?1",
         )?;
-        let mut end_session_span =
-            tx.prepare_cached("UPDATE sessions_span SET end_s = max(start_s, ?2) WHERE id = ?1")?;
-        let mut ins_conn_span = tx.prepare_cached(
-            "INSERT OR REPLACE INTO connections_span (id, start_s, end_s) VALUES (?1, ?2, ?3)",
+        let mut close_conn_span = tx.prepare_cached(
+            "INSERT OR REPLACE INTO connections_span (id, start_s, end_s)
+             SELECT id, opened_at / 1e9, max(opened_at, ?2) / 1e9 FROM connections WHERE id = ?1",
         )?;
-        let mut close_conn_span = tx
-            .prepare_cached("UPDATE connections_span SET end_s = max(start_s, ?2) WHERE id = ?1")?;
         let mut bind_session =
             tx.prepare_cached("UPDATE sessions SET proxy_session_id = ?2 WHERE id = ?1")?;
         let mut end_session = tx.prepare_cached(
@@ -520,11 +519,6 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                         ua.and_then(|u| u.os.as_deref()),
                         ua.and_then(|u| u.os_version.as_deref()),
                     ])?;
-                    ins_session_span.execute(params![
-                        s.id as i64,
-                        span_secs(s.started_at),
-                        OPEN_END
-                    ])?;
                 }
                 Write::Change(Change::SessionBound {
                     id,
@@ -534,7 +528,7 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                 }
                 Write::Change(Change::SessionEnded { id, at, reason }) => {
                     end_session.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
-                    end_session_span.execute(params![*id as i64, span_secs(*at)])?;
+                    end_session_span.execute(params![*id as i64, nanos(*at)])?;
                 }
                 Write::Change(Change::ConnectionOpened {
                     host,
@@ -550,15 +544,10 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                         c.proxy_session_id,
                         nanos(c.opened_at),
                     ])?;
-                    ins_conn_span.execute(params![
-                        c.id as i64,
-                        span_secs(c.opened_at),
-                        OPEN_END
-                    ])?;
                 }
                 Write::Change(Change::ConnectionClosed { id, at, reason }) => {
                     close_conn.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
-                    close_conn_span.execute(params![*id as i64, span_secs(*at)])?;
+                    close_conn_span.execute(params![*id as i64, nanos(*at)])?;
                 }
                 Write::Flush(_) | Write::Many(_) => {}
             }

@@ -74,16 +74,19 @@ pub fn sessions_at(
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
     let t = nanos(at);
-    // The R*Tree finds the candidates (see the journal's schema); the exact
-    // nanosecond columns decide. CROSS JOIN keeps SQLite from driving the
-    // query from the start-time index instead (a scan of every earlier row).
+    // Candidates: ended sessions from the R*Tree, open ones by their NULL end
+    // (see the journal's schema); the exact nanosecond columns decide. CROSS
+    // JOIN keeps SQLite from driving the query from the start-time index
+    // instead (a scan of every earlier row).
     let secs = span_secs(at);
     let mut stmt = conn.prepare_cached(
         "SELECT s.id, s.host, s.user_key, s.user_directory, s.user_id, s.proxy_session_id, s.started_at,
                 s.browser, s.browser_major, s.os, s.os_version
-         FROM sessions_span r CROSS JOIN sessions s ON s.id = r.id
-         WHERE r.start_s <= ?4 AND r.end_s >= ?4
-           AND s.started_at <= ?1 AND (s.ended_at IS NULL OR s.ended_at > ?1)
+         FROM (SELECT r.id FROM sessions_span r WHERE r.start_s <= ?4 AND r.end_s >= ?4
+               UNION ALL
+               SELECT o.id FROM sessions o WHERE o.ended_at IS NULL AND o.started_at <= ?1) AS k
+         CROSS JOIN sessions s ON s.id = k.id
+         WHERE s.started_at <= ?1 AND (s.ended_at IS NULL OR s.ended_at > ?1)
            AND (?2 IS NULL OR s.host = ?2) AND (?3 IS NULL OR s.user_key = ?3)
          ORDER BY s.host, s.user_key, s.started_at, s.id",
     )?;
@@ -128,9 +131,11 @@ pub fn sessions_at(
     }
     let mut stmt = conn.prepare_cached(
         "SELECT c.host, c.user_key, c.app_id, c.proxy_session_id
-         FROM connections_span r CROSS JOIN connections c ON c.id = r.id
-         WHERE r.start_s <= ?4 AND r.end_s >= ?4
-           AND c.opened_at <= ?1 AND (c.closed_at IS NULL OR c.closed_at > ?1)
+         FROM (SELECT r.id FROM connections_span r WHERE r.start_s <= ?4 AND r.end_s >= ?4
+               UNION ALL
+               SELECT o.id FROM connections o WHERE o.closed_at IS NULL AND o.opened_at <= ?1) AS k
+         CROSS JOIN connections c ON c.id = k.id
+         WHERE c.opened_at <= ?1 AND (c.closed_at IS NULL OR c.closed_at > ?1)
            AND (?2 IS NULL OR c.host = ?2) AND (?3 IS NULL OR c.user_key = ?3)
          ORDER BY c.opened_at, c.id",
     )?;
@@ -241,9 +246,11 @@ pub fn concurrency(
     let (lo_s, hi_s) = (span_secs(from), span_secs(to));
     let mut stmt = conn.prepare_cached(
         "SELECT s.user_key, s.started_at, s.ended_at
-         FROM sessions_span r CROSS JOIN sessions s ON s.id = r.id
-         WHERE r.start_s <= ?5 AND r.end_s >= ?4
-           AND s.started_at <= ?2 AND (s.ended_at IS NULL OR s.ended_at > ?1)
+         FROM (SELECT r.id FROM sessions_span r WHERE r.start_s <= ?5 AND r.end_s >= ?4
+               UNION ALL
+               SELECT o.id FROM sessions o WHERE o.ended_at IS NULL AND o.started_at <= ?2) AS k
+         CROSS JOIN sessions s ON s.id = k.id
+         WHERE s.started_at <= ?2 AND (s.ended_at IS NULL OR s.ended_at > ?1)
            AND (?3 IS NULL OR s.host = ?3)",
     )?;
     let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s], |r| {
@@ -264,9 +271,11 @@ pub fn concurrency(
     }
     let mut stmt = conn.prepare_cached(
         "SELECT c.opened_at, c.closed_at
-         FROM connections_span r CROSS JOIN connections c ON c.id = r.id
-         WHERE r.start_s <= ?5 AND r.end_s >= ?4
-           AND c.opened_at <= ?2 AND (c.closed_at IS NULL OR c.closed_at > ?1)
+         FROM (SELECT r.id FROM connections_span r WHERE r.start_s <= ?5 AND r.end_s >= ?4
+               UNION ALL
+               SELECT o.id FROM connections o WHERE o.closed_at IS NULL AND o.opened_at <= ?2) AS k
+         CROSS JOIN connections c ON c.id = k.id
+         WHERE c.opened_at <= ?2 AND (c.closed_at IS NULL OR c.closed_at > ?1)
            AND (?3 IS NULL OR c.host = ?3)",
     )?;
     let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s], |r| {
