@@ -84,7 +84,7 @@ pub enum Stream {
 }
 
 /// Browser and operating system derived from a user agent string.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct UserAgent {
     /// Browser family, e.g. `Chrome`, `Edge`, `Firefox`, `Mobile Safari`.
     pub browser: Option<String>,

@@ -15,11 +15,13 @@
 //! This type is deterministic: the same events and expiry calls give the same
 //! state, which is what lets the journal rebuild it after a restart.
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+
+use smallvec::SmallVec;
 
 use crate::event::{Command, Event, UserAgent};
 
@@ -162,10 +164,11 @@ pub struct Session {
 pub struct Connection {
     /// whosin's id for it.
     pub id: u64,
-    /// The app GUID, or the context without its query when there is none.
-    pub app_key: String,
-    /// The app GUID, when the context had one.
-    pub app_id: Option<String>,
+    /// The app GUID, or the context without its query when there is none
+    /// (shared: a site has few apps and many tabs on them).
+    pub app_key: Arc<str>,
+    /// The app GUID, when the context had one (the same allocation as `app_key`).
+    pub app_id: Option<Arc<str>>,
     /// Qlik's proxy session id, when the extended format carried one.
     pub proxy_session_id: Option<String>,
     /// When it opened (event time).
@@ -179,17 +182,17 @@ pub struct UserState {
     pub user_directory: String,
     /// The user id as first seen.
     pub user_id: String,
-    /// Open sessions, oldest first.
-    pub sessions: Vec<Session>,
+    /// Open sessions, oldest first (one, nearly always: kept inline).
+    pub sessions: SmallVec<[Session; 1]>,
     /// Open connections, oldest first.
-    pub connections: Vec<Connection>,
+    pub connections: SmallVec<[Connection; 1]>,
 }
 
 /// One host's users and counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostState {
     /// Users with at least one session, by lower-cased `dir\id`.
-    pub users: HashMap<String, UserState>,
+    pub users: HashMap<String, Box<UserState>>,
     /// Open sessions on this host.
     pub sessions: usize,
     /// Open connections on this host.
@@ -213,7 +216,12 @@ pub struct LiveState {
     hosts: HashMap<String, HostState>,
     idle_timeout: Duration,
     next_id: u64,
+    apps: HashSet<Arc<str>>,
 }
+
+/// Most distinct app keys shared; beyond this (junk contexts) each
+/// connection keeps its own copy, so the interner cannot grow without bound.
+const MAX_INTERNED_APPS: usize = 100_000;
 
 /// The key a user is tracked under: `dir\id`, lower-cased, computed once per
 /// event and shared by the blacklist and the state.
@@ -259,12 +267,12 @@ fn push_lower(out: &mut String, s: &str) {
 }
 
 /// The app a connection is to: its GUID, else the context without its query.
-fn app_key(ev: &Event) -> String {
+fn app_key(ev: &Event) -> std::borrow::Cow<'_, str> {
     match &ev.app_id {
-        Some(id) => id.clone(),
+        Some(id) => std::borrow::Cow::Borrowed(id),
         None => {
             let c = ev.context.split(['?', '#']).next().unwrap_or("");
-            c.trim_start_matches('/').to_lowercase()
+            std::borrow::Cow::Owned(c.trim_start_matches('/').to_lowercase())
         }
     }
 }
@@ -281,7 +289,20 @@ impl LiveState {
             hosts: HashMap::default(),
             idle_timeout,
             next_id: 1,
+            apps: HashSet::default(),
         }
+    }
+
+    /// The shared copy of an app key.
+    pub fn intern_app(&mut self, key: &str) -> Arc<str> {
+        if let Some(a) = self.apps.get(key) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(key);
+        if self.apps.len() < MAX_INTERNED_APPS {
+            self.apps.insert(a.clone());
+        }
+        a
     }
 
     /// Changes the idle timeout (config reload).
@@ -321,14 +342,13 @@ impl LiveState {
         self.next_id = self.next_id.max(session.id + 1);
         let h = self.hosts.entry(host.to_owned()).or_default();
         let key = UserKey::new(user_directory, user_id);
-        let user = h
-            .users
-            .entry(key.as_str().to_owned())
-            .or_insert_with(|| UserState {
+        let user = h.users.entry(key.as_str().to_owned()).or_insert_with(|| {
+            Box::new(UserState {
                 user_directory: user_directory.to_owned(),
                 user_id: user_id.to_owned(),
                 ..Default::default()
-            });
+            })
+        });
         user.sessions.push(session);
         user.sessions.sort_by_key(|s| (s.started_at, s.id));
         h.sessions += 1;
@@ -373,6 +393,12 @@ impl LiveState {
         }
         let key = key.as_str();
         let sid = ev.proxy_session_id.as_deref();
+        let app: Option<Arc<str>> = match ev.command {
+            Command::ConnectionOpen | Command::ConnectionClose => {
+                Some(self.intern_app(&app_key(ev)))
+            }
+            _ => None,
+        };
         // Ids are taken up front so that the host's entry can stay borrowed.
         let new_session_id = self.next_id;
         let new_connection_id = self.next_id + 1;
@@ -438,7 +464,7 @@ impl LiveState {
                 let last = user.sessions.is_empty();
                 // The user's last session here ended: their tabs are gone too.
                 // With a proxy session id, that session's tabs are.
-                let closing: Vec<Connection> = if last {
+                let closing: SmallVec<[Connection; 1]> = if last {
                     std::mem::take(&mut user.connections)
                 } else if let Some(s) = sid {
                     let (gone, kept) = std::mem::take(&mut user.connections)
@@ -447,7 +473,7 @@ impl LiveState {
                     user.connections = kept;
                     gone
                 } else {
-                    Vec::new()
+                    SmallVec::new()
                 };
                 host.connections -= closing.len();
                 out.changes
@@ -483,10 +509,11 @@ impl LiveState {
                     conn_id = new_connection_id;
                     used = 2;
                 }
+                let app = app.expect("set for connection commands");
                 let connection = Connection {
                     id: conn_id,
-                    app_key: app_key(ev),
-                    app_id: ev.app_id.clone(),
+                    app_id: ev.app_id.as_ref().map(|_| app.clone()),
+                    app_key: app,
                     proxy_session_id: ev.proxy_session_id.clone(),
                     opened_at: ev.time(),
                 };
@@ -504,7 +531,7 @@ impl LiveState {
                     out.unmatched = true;
                     return out;
                 };
-                let app = app_key(ev);
+                let app = app.expect("set for connection commands");
                 let pos = user
                     .connections
                     .iter()
@@ -601,14 +628,16 @@ impl LiveState {
 }
 
 fn user_entry<'a>(
-    users: &'a mut HashMap<String, UserState>,
+    users: &'a mut HashMap<String, Box<UserState>>,
     key: &str,
     ev: &Event,
 ) -> &'a mut UserState {
-    users.entry(key.to_owned()).or_insert_with(|| UserState {
-        user_directory: ev.user_directory.clone(),
-        user_id: ev.user_id.clone(),
-        ..Default::default()
+    users.entry(key.to_owned()).or_insert_with(|| {
+        Box::new(UserState {
+            user_directory: ev.user_directory.clone(),
+            user_id: ev.user_id.clone(),
+            ..Default::default()
+        })
     })
 }
 
