@@ -484,15 +484,12 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                implied, browser, browser_major, os, os_version)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
-        // An interval enters the R*Tree when it ends (its start is read back
-        // from the row this transaction or an earlier one wrote).
+        // An interval enters the R*Tree when it ends.
         let mut end_session_span = tx.prepare_cached(
-            "INSERT OR REPLACE INTO sessions_span (id, start_s, end_s)
-             SELECT id, started_at / 1e9, max(started_at, ?2) / 1e9 FROM sessions WHERE id = ?1",
+            "INSERT OR REPLACE INTO sessions_span (id, start_s, end_s) VALUES (?1, ?2, max(?2, ?3))",
         )?;
         let mut close_conn_span = tx.prepare_cached(
-            "INSERT OR REPLACE INTO connections_span (id, start_s, end_s)
-             SELECT id, opened_at / 1e9, max(opened_at, ?2) / 1e9 FROM connections WHERE id = ?1",
+            "INSERT OR REPLACE INTO connections_span (id, start_s, end_s) VALUES (?1, ?2, max(?2, ?3))",
         )?;
         let mut bind_session =
             tx.prepare_cached("UPDATE sessions SET proxy_session_id = ?2 WHERE id = ?1")?;
@@ -564,9 +561,18 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                 }) => {
                     bind_session.execute(params![*id as i64, proxy_session_id])?;
                 }
-                Write::Change(Change::SessionEnded { id, at, reason }) => {
+                Write::Change(Change::SessionEnded {
+                    id,
+                    started_at,
+                    at,
+                    reason,
+                }) => {
                     end_session.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
-                    end_session_span.execute(params![*id as i64, nanos(*at)])?;
+                    end_session_span.execute(params![
+                        *id as i64,
+                        span_secs(*started_at),
+                        span_secs(*at)
+                    ])?;
                 }
                 Write::Change(Change::ConnectionOpened {
                     host,
@@ -583,9 +589,18 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                         nanos(c.opened_at),
                     ])?;
                 }
-                Write::Change(Change::ConnectionClosed { id, at, reason }) => {
+                Write::Change(Change::ConnectionClosed {
+                    id,
+                    opened_at,
+                    at,
+                    reason,
+                }) => {
                     close_conn.execute(params![*id as i64, nanos(*at), reason.as_str()])?;
-                    close_conn_span.execute(params![*id as i64, nanos(*at)])?;
+                    close_conn_span.execute(params![
+                        *id as i64,
+                        span_secs(*opened_at),
+                        span_secs(*at)
+                    ])?;
                 }
                 Write::Flush(_) | Write::Many(_) => {}
             }

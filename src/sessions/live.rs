@@ -104,6 +104,8 @@ pub enum Change {
     SessionEnded {
         /// The session's id.
         id: u64,
+        /// When it started (so the journal need not look it up).
+        started_at: Timestamp,
         /// When.
         at: Timestamp,
         /// Why.
@@ -122,6 +124,8 @@ pub enum Change {
     ConnectionClosed {
         /// The connection's id.
         id: u64,
+        /// When it opened (so the journal need not look it up).
+        opened_at: Timestamp,
         /// When.
         at: Timestamp,
         /// Why.
@@ -458,6 +462,7 @@ impl LiveState {
                 });
                 out.changes.push(Change::SessionEnded {
                     id: s.id,
+                    started_at: s.started_at,
                     at,
                     reason: EndReason::Stopped,
                 });
@@ -479,6 +484,7 @@ impl LiveState {
                 out.changes
                     .extend(closing.into_iter().map(|c| Change::ConnectionClosed {
                         id: c.id,
+                        opened_at: c.opened_at,
                         at,
                         reason: CloseReason::SessionEnded,
                     }));
@@ -552,6 +558,7 @@ impl LiveState {
                         host.connections -= 1;
                         out.changes.push(Change::ConnectionClosed {
                             id: c.id,
+                            opened_at: c.opened_at,
                             at: ev.time(),
                             reason: CloseReason::Closed,
                         });
@@ -599,6 +606,7 @@ impl LiveState {
                     });
                     out.changes.push(Change::SessionEnded {
                         id: s.id,
+                        started_at: s.started_at,
                         at,
                         reason: EndReason::Expired,
                     });
@@ -612,6 +620,7 @@ impl LiveState {
                     out.changes.extend(user.connections.drain(..).map(|c| {
                         Change::ConnectionClosed {
                             id: c.id,
+                            opened_at: c.opened_at,
                             at,
                             reason: CloseReason::SessionEnded,
                         }
