@@ -80,7 +80,8 @@ async fn fetch(opts: &Options) -> anyhow::Result<String> {
     })?;
     url.query_pairs_mut().extend_pairs(query);
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        // The daemon answers once its journal has committed (seconds after a burst).
+        .timeout(Duration::from_secs(150))
         .build()
         .context("creating the HTTP client")?;
     let mut req = client.get(url);

@@ -23,6 +23,9 @@ use crate::sessions::journal::{self, EventFilter};
 use crate::sessions::live::UserKey;
 use crate::sessions::query::{self, Filter, MAX_POINTS};
 
+/// Longest wait for the journal to commit before answering from what it has.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Default and largest `limit` of `/api/v1/events`.
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
@@ -109,7 +112,10 @@ async fn read<T: Send + 'static>(
         let (tx, rx) = mpsc::channel();
         core.send(Input::Flush(tx))
             .map_err(|_| ApiError::internal("whosin is shutting down"))?;
-        match rx.recv_timeout(Duration::from_secs(10)) {
+        // The writer answers once everything before this request is on disk;
+        // after a large burst that can take seconds, and a forensic answer
+        // must be complete rather than quick.
+        match rx.recv_timeout(FLUSH_TIMEOUT) {
             Ok(Ok(())) => {}
             // A journal that cannot commit still answers from what it has.
             Ok(Err(e)) => tracing::warn!("answering without the newest events: {e}"),
