@@ -422,7 +422,7 @@ impl LiveState {
                 if existing.is_none() {
                     let session = new_session(new_session_id, ev, false);
                     used = 1;
-                    out.changes.push(started(ev, key, user, &session));
+                    out.changes.push(started(ev, key, &session));
                     user.sessions.push(session);
                     host.sessions += 1;
                 }
@@ -509,7 +509,7 @@ impl LiveState {
                     // A connection needs a session: the start was lost or
                     // happened before whosin was listening.
                     let session = new_session(new_session_id, ev, true);
-                    out.changes.push(started(ev, key, user, &session));
+                    out.changes.push(started(ev, key, &session));
                     user.sessions.push(session);
                     host.sessions += 1;
                     conn_id = new_connection_id;
@@ -679,13 +679,15 @@ fn new_session(id: u64, ev: &Event, implied: bool) -> Session {
     }
 }
 
-fn started(ev: &Event, key: &str, user: &UserState, session: &Session) -> Change {
+/// The journal's record of a new session, with the user written as in the
+/// event that began it (two sessions of `LAB\Anna` and `lab\anna` show as sent).
+fn started(ev: &Event, key: &str, session: &Session) -> Change {
     Change::SessionStarted {
         host: ev.host.clone(),
         user_key: key.to_owned(),
         session: session.clone(),
-        user_directory: user.user_directory.clone(),
-        user_id: user.user_id.clone(),
+        user_directory: ev.user_directory.clone(),
+        user_id: ev.user_id.clone(),
     }
 }
 
