@@ -132,9 +132,13 @@ async fn read<T: Send + 'static>(
 /// `GET /api/v1/sessions[?at=&host=&user=]`
 pub async fn sessions(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
     known(&p, &["at", "host", "user"])?;
-    let at = time_param(&p, "at")?.unwrap_or_else(Timestamp::now);
+    let at = time_param(&p, "at")?;
     let f = filter(&p)?;
-    let answer = read(&s, move |c| query::sessions_at(c, at, &f)).await?;
+    let answer = read(&s, move |c| match at {
+        Some(at) => query::sessions_at(c, at, &f),
+        None => query::sessions_now(c, &f),
+    })
+    .await?;
     Ok(Json(answer).into_response())
 }
 

@@ -73,12 +73,27 @@ pub fn sessions_at(
     at: Timestamp,
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
-    let t = nanos(at);
+    sessions_query(conn, at, nanos(at), span_secs(at), f)
+}
+
+/// Who is in now: every open session, whatever its timestamps say. (A Qlik
+/// node whose clock runs a little ahead writes start times just after "now";
+/// the live picture, like the gauges, still counts those sessions.)
+pub fn sessions_now(conn: &Connection, f: &Filter) -> rusqlite::Result<SessionsAnswer> {
+    sessions_query(conn, Timestamp::now(), i64::MAX, f64::MAX, f)
+}
+
+fn sessions_query(
+    conn: &Connection,
+    at: Timestamp,
+    t: i64,
+    secs: f64,
+    f: &Filter,
+) -> rusqlite::Result<SessionsAnswer> {
     // Candidates: ended sessions from the R*Tree, open ones by their NULL end
     // (see the journal's schema); the exact nanosecond columns decide. CROSS
     // JOIN keeps SQLite from driving the query from the start-time index
     // instead (a scan of every earlier row).
-    let secs = span_secs(at);
     let mut stmt = conn.prepare_cached(
         "SELECT s.id, s.host, s.user_key, s.user_directory, s.user_id, s.proxy_session_id, s.started_at,
                 s.browser, s.browser_major, s.os, s.os_version
@@ -498,6 +513,25 @@ mod tests {
             ..all()
         };
         assert_eq!(fx.who(at(17), &anna).len(), 3);
+    }
+
+    #[test]
+    fn now_is_every_open_session_even_with_a_clock_ahead() {
+        let mut fx = Fixture::new();
+        // The fixture's minutes lie in 2027: a source clock far ahead.
+        fx.send(0, "n1", "Start session", "LAB\\anna");
+        fx.send(1, "n1", "Start session", "LAB\\bob");
+        fx.send(2, "n1", "Stop session", "LAB\\bob");
+        let now = sessions_now(&fx.conn, &all()).unwrap();
+        assert_eq!(now.sessions.len(), 1);
+        assert_eq!(now.sessions[0].user, "LAB\\anna");
+        assert_eq!(now.users, 1);
+        assert!(
+            sessions_at(&fx.conn, Timestamp::now(), &all())
+                .unwrap()
+                .sessions
+                .is_empty()
+        );
     }
 
     #[test]
