@@ -13,4 +13,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod sessions;
 pub mod simulate;
+pub mod sinks;
 pub mod who;
