@@ -70,7 +70,14 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     })?;
     ingest::useragent::warm_up();
 
-    let metrics = Metrics::new(&[]);
+    let sink_names: Vec<&str> = [(
+        config.sinks.influxdb.enabled,
+        crate::sinks::influxdb::writer::SINK,
+    )]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let metrics = Metrics::new(&sink_names);
     let (sock, granted) = ingest::udp::bind(config.udp.listen).with_context(|| {
         format!(
             "cannot listen for UDP on {}: is another whosin or Butler SOS using the port? Change udp.listen",
@@ -114,6 +121,29 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         jrx,
         journal_health.clone(),
     )?;
+
+    let stop_sinks = tokio_util::sync::CancellationToken::new();
+    let mut sink_tasks = Vec::new();
+    if config.sinks.influxdb.enabled {
+        use crate::sinks::influxdb::writer;
+        let reader = journal::SinkReader::open(&journal_path, writer::SINK, &metrics)
+            .context("opening the journal for the InfluxDB sink")?;
+        let settings = writer::Settings {
+            influx: config.sinks.influxdb.clone(),
+            tags: config
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        tracing::info!("influxdb: writing to {}", config.sinks.influxdb.url);
+        sink_tasks.push(tokio::spawn(writer::run(
+            settings,
+            reader,
+            metrics.clone(),
+            stop_sinks.clone(),
+        )));
+    }
 
     let health = Arc::new(Health {
         udp_bound: AtomicBool::new(true),
@@ -168,6 +198,10 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
 
     tracing::info!("shutting down: finishing the events in hand");
+    stop_sinks.cancel();
+    for t in sink_tasks {
+        let _ = t.await;
+    }
     stop.store(true, Ordering::Relaxed);
     health.udp_bound.store(false, Ordering::Relaxed);
     let _ = ingest_thread.join();

@@ -6,3 +6,4 @@
 
 pub mod line;
 pub mod schema;
+pub mod writer;

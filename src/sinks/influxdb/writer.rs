@@ -1,0 +1,217 @@
+//! Delivering journaled events to InfluxDB, losing none across outages.
+//!
+//! The writer reads the journal after its cursor, encodes a batch as line
+//! protocol, gzips it and posts it; only when InfluxDB has accepted the batch
+//! does the cursor move. While InfluxDB is down or refusing, the same events
+//! are tried again with exponential backoff, so a restart of InfluxDB (or of
+//! whosin) loses nothing: whatever was not confirmed is sent again, and the
+//! point times are stable, so a resend overwrites instead of duplicating.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::schema::{Version, user_event};
+use crate::config::InfluxConfig;
+use crate::metrics::Metrics;
+use crate::sessions::journal::SinkReader;
+
+/// The sink's name in metrics and in the journal's cursors.
+pub const SINK: &str = "influxdb";
+
+/// Longest wait between two attempts while InfluxDB is failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why a write failed, and whether trying the same batch again can help.
+#[derive(Debug)]
+enum WriteError {
+    /// Network trouble, 5xx, 429, 401/403/404 (a server or configuration that
+    /// can recover): the batch is tried again.
+    Retry(String),
+    /// 400: InfluxDB will never take these points; they are skipped (and
+    /// counted) so that one bad point cannot stop the sink forever.
+    Rejected(String),
+}
+
+/// Everything the writer needs, from the config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The `sinks.influxdb` section.
+    pub influx: InfluxConfig,
+    /// The configured tags.
+    pub tags: Vec<(String, String)>,
+}
+
+/// Runs until `stop` is cancelled.
+pub async fn run(
+    settings: Settings,
+    reader: SinkReader,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let reader = Arc::new(Mutex::new(reader));
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("influxdb: cannot create the HTTP client: {e}");
+            return;
+        }
+    };
+    let written = metrics.sink_written.with_label_values(&[SINK]);
+    let errors = metrics.sink_errors.with_label_values(&[SINK]);
+    let version = match settings.influx.version {
+        2 => Version::V2,
+        _ => Version::V1,
+    };
+    let tags: Vec<(&str, &str)> = settings
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut backoff = Duration::from_millis(250);
+    let mut failing = false;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let r = reader.clone();
+        let limit = settings.influx.batch_size;
+        let batch = tokio::task::spawn_blocking(move || {
+            r.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .next_batch(limit)
+        })
+        .await;
+        let batch = match batch {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!("influxdb: cannot read the journal: {e}");
+                wait(&stop, Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            wait(&stop, settings.influx.flush_interval.get()).await;
+            continue;
+        };
+        let mut body = String::with_capacity(batch.len() * 300);
+        for ev in &batch {
+            user_event(&mut body, ev, version, &tags);
+        }
+        let result = post(&client, &settings.influx, body).await;
+        let confirm = match &result {
+            Ok(()) => {
+                written.inc_by(batch.len() as u64);
+                if failing {
+                    tracing::info!("influxdb: writing again");
+                    failing = false;
+                }
+                backoff = Duration::from_millis(250);
+                true
+            }
+            Err(WriteError::Rejected(msg)) => {
+                errors.inc();
+                tracing::error!(
+                    "influxdb refused {} points for good, skipping them: {msg}",
+                    batch.len()
+                );
+                true
+            }
+            Err(WriteError::Retry(msg)) => {
+                errors.inc();
+                if !failing {
+                    tracing::warn!(
+                        "influxdb: write failed, retrying with backoff (nothing is lost): {msg}"
+                    );
+                    failing = true;
+                }
+                false
+            }
+        };
+        if confirm {
+            let r = reader.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                r.lock().unwrap_or_else(|p| p.into_inner()).confirm(last)
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!("influxdb: cannot record progress in the journal: {e}");
+            }
+        } else {
+            wait(&stop, backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+async fn wait(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Gzips and posts one batch to the v1 or v2 write endpoint.
+async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Result<(), WriteError> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body.as_bytes())
+        .and_then(|()| gz.flush())
+        .map_err(|e| WriteError::Retry(e.to_string()))?;
+    let gzipped = gz.finish().map_err(|e| WriteError::Retry(e.to_string()))?;
+    let base = c.url.trim_end_matches('/');
+    let (path, query): (&str, Vec<(&str, &str)>) = if c.version == 2 {
+        (
+            "api/v2/write",
+            vec![
+                ("org", c.org.as_deref().unwrap_or_default()),
+                ("bucket", c.bucket.as_deref().unwrap_or_default()),
+                ("precision", "ns"),
+            ],
+        )
+    } else {
+        let mut q = vec![
+            ("db", c.database.as_deref().unwrap_or_default()),
+            ("precision", "ns"),
+        ];
+        if let Some(rp) = c.retention_policy.as_deref() {
+            q.push(("rp", rp));
+        }
+        ("write", q)
+    };
+    let mut url = reqwest::Url::parse(&format!("{base}/{path}"))
+        .map_err(|e| WriteError::Retry(format!("{base}: not a URL ({e})")))?;
+    url.query_pairs_mut().extend_pairs(query);
+    let mut req = client.post(url);
+    if c.version == 2 {
+        req = req.header(
+            "Authorization",
+            format!("Token {}", c.token.as_deref().unwrap_or_default()),
+        );
+    } else if let Some(user) = c.username.as_deref() {
+        req = req.basic_auth(user, c.password.as_deref());
+    }
+    let resp = req
+        .header("Content-Encoding", "gzip")
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(gzipped)
+        .send()
+        .await
+        .map_err(|e| WriteError::Retry(format!("{base}: {e}")))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let msg = format!("{base} answered {status}: {}", text.trim());
+    if status == reqwest::StatusCode::BAD_REQUEST {
+        Err(WriteError::Rejected(msg))
+    } else {
+        Err(WriteError::Retry(msg))
+    }
+}

@@ -1,0 +1,212 @@
+//! The InfluxDB sink against a real InfluxDB 1.x (Debian's `influxdb`), started
+//! here on free loopback ports: Butler SOS's points arrive, and an outage of
+//! InfluxDB loses nothing.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Daemon, http_get, required, which};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real influxd with its own folders and ports, killed when dropped.
+struct Influx {
+    child: Option<Child>,
+    config: PathBuf,
+    port: u16,
+}
+
+impl Influx {
+    fn start(dir: &Path) -> Option<Influx> {
+        let Some(bin) = which("influxd") else {
+            assert!(
+                !required(),
+                "influxd is missing: install the influxdb package"
+            );
+            eprintln!("skipping: influxd not installed");
+            return None;
+        };
+        let port = free_port();
+        let config = dir.join("influxdb.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n[monitor]\n  store-enabled = false\n",
+                rpc = free_port(),
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut i = Influx {
+            child: None,
+            config,
+            port,
+        };
+        i.run(&bin);
+        Some(i)
+    }
+
+    fn run(&mut self, bin: &Path) {
+        let child = Command::new(bin)
+            .args(["-config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("influxd starts");
+        self.child = Some(child);
+        let until = Instant::now() + DEADLINE;
+        while Instant::now() < until {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && http_get(format!("127.0.0.1:{}", self.port).parse().unwrap(), "/ping").0 == 204
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("influxd did not answer /ping");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn query(&self, q: &str) -> serde_json::Value {
+        let path = format!("/query?db=senseops&q={}", urlencode(q));
+        let (code, body) = http_get(format!("127.0.0.1:{}", self.port).parse().unwrap(), &path);
+        assert_eq!(code, 200, "{q}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn create_db(&self) {
+        // CREATE DATABASE must be a POST.
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let body = "q=CREATE%20DATABASE%20senseops";
+        write!(
+            s,
+            "POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    /// The number of user_events points (polled until `want`).
+    fn wait_count(&self, want: u64) {
+        let until = Instant::now() + DEADLINE;
+        let mut last = 0;
+        while Instant::now() < until {
+            let v = self.query("SELECT count(\"userId\") FROM user_events");
+            last = v["results"][0]["series"][0]["values"][0][1]
+                .as_u64()
+                .unwrap_or(0);
+            if last == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("user_events has {last} points, not {want}");
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn start(user: &str, origin: &str) -> String {
+    let (dir, id) = user.split_once('\\').unwrap();
+    format!(
+        "/qseow-proxy-session/;sense-node1;Start session;{dir};{id};{origin};/hub/;Start session for user '{user}' UserAgent: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'"
+    )
+}
+
+#[test]
+fn butler_points_arrive_and_an_outage_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut influx) = Influx::start(dir.path()) else {
+        return;
+    };
+    influx.create_db();
+    let d = Daemon::start(&format!(
+        "tags:\n  qs_env: test\nsinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    version: 1\n    database: senseops\n    flush_interval: \"100ms\"\n",
+        influx.port
+    ));
+    // An empty origin is a tag left out, not a lost event (Butler SOS loses it).
+    d.send_all(&[
+        &start("LAB\\anna", "AppAccess"),
+        &start("LAB\\bob", ""),
+        &start("CORP\\carl", "AppAccess"),
+    ]);
+    influx.wait_count(3);
+    let v = influx.query(
+        "SELECT \"userFull\", \"userId\" FROM user_events WHERE \"userFull\" = 'LAB\\\\anna'",
+    );
+    let row = &v["results"][0]["series"][0]["values"][0];
+    assert_eq!(row[1], "LAB\\anna", "{v}");
+    assert_eq!(row[2], "anna");
+    let tags = influx.query("SHOW TAG VALUES FROM user_events WITH KEY IN (\"event_action\", \"qs_env\", \"uaBrowserName\", \"userFull\")");
+    let text = tags.to_string();
+    for want in [
+        "Start session",
+        "test",
+        "Chrome",
+        "LAB\\\\anna",
+        "CORP\\\\carl",
+    ] {
+        assert!(text.contains(want), "missing {want} in {text}");
+    }
+    d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 3.0);
+    d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
+
+    // InfluxDB goes away; events keep coming; nothing is lost.
+    influx.stop();
+    d.send_all(&[
+        &start("LAB\\dora", "AppAccess"),
+        &start("LAB\\emil", "AppAccess"),
+    ]);
+    d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 2.0);
+    let until = Instant::now() + DEADLINE;
+    while d
+        .metrics()
+        .must("whosin_sink_errors_total{sink=\"influxdb\"}")
+        < 1.0
+    {
+        assert!(
+            Instant::now() < until,
+            "no write error counted while InfluxDB was down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bin = which("influxd").unwrap();
+    influx.run(&bin);
+    influx.wait_count(5);
+    d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
+    d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 5.0);
+}
