@@ -210,3 +210,66 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
     d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
     d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 5.0);
 }
+
+/// VictoriaMetrics speaks the InfluxDB v2 write API (it keeps numeric fields
+/// only, so what can be checked is that it takes every batch whosin sends).
+#[test]
+fn v2_writes_are_accepted_by_victoria_metrics() {
+    let Some(bin) = which("victoria-metrics") else {
+        assert!(
+            !required(),
+            "victoria-metrics is missing: install the victoria-metrics package"
+        );
+        eprintln!("skipping: victoria-metrics not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut vm = Command::new(bin)
+        .arg(format!(
+            "-storageDataPath={}",
+            dir.path().join("vm").display()
+        ))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("victoria-metrics starts");
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(addr).is_err() || http_get(addr, "/health").0 != 200 {
+        assert!(Instant::now() < until, "victoria-metrics did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let d = Daemon::start(&format!(
+        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{port}\"\n    version: 2\n    org: qlik\n    bucket: senseops\n    token: t0ken\n    flush_interval: \"100ms\"\n"
+    ));
+    d.send_all(&[
+        &start("LAB\\anna", "AppAccess"),
+        &start("LAB\\bob", "AppAccess"),
+        &start("LAB\\carl", ""),
+    ]);
+    d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 3.0);
+    assert_eq!(
+        d.metrics()
+            .must("whosin_sink_errors_total{sink=\"influxdb\"}"),
+        0.0
+    );
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let text = http_get(addr, "/metrics").1;
+        let rows = common::Metrics(text)
+            .get("vm_rows_inserted_total{type=\"influx\"}")
+            .unwrap_or(0.0);
+        if rows >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "victoria-metrics counted {rows} rows"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = vm.kill();
+    let _ = vm.wait();
+}

@@ -30,12 +30,13 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("whosin.yaml");
     let data = dir.join("data");
     // A test that sets its own udp section must still listen on a free port.
-    let udp = if extra.contains("udp:") {
+    let has_section = |name: &str| extra.lines().any(|l| l.starts_with(name));
+    let udp = if has_section("udp:") {
         ""
     } else {
         "udp:\n  listen: \"127.0.0.1:0\"\n"
     };
-    let http = if extra.contains("http:") {
+    let http = if has_section("http:") {
         ""
     } else {
         "http:\n  listen: \"127.0.0.1:0\"\n"
