@@ -209,6 +209,36 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
     influx.wait_count(5);
     d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
     d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 5.0);
+
+    // The 10-second summaries, computed from the journal: the five sessions on
+    // sense-node1, and every event counted once.
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let v = influx.query(
+            "SELECT last(\"session_count\"), last(\"user_count\"), last(\"session_user_id_list\") FROM user_session_summary WHERE \"user_session_host\" = 'sense-node1'",
+        );
+        let row = &v["results"][0]["series"][0]["values"][0];
+        if row[1].as_u64() == Some(5) {
+            assert_eq!(row[2].as_u64(), Some(5));
+            let list = row[3].as_str().unwrap();
+            assert!(
+                list.contains("LAB\\anna") && list.contains("CORP\\carl"),
+                "{list}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no user_session_summary with 5 sessions: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = influx.query("SELECT sum(\"counter\") FROM event_count WHERE \"event_type\" = 'user' AND \"source\" = 'qseow-proxy-session'");
+    assert_eq!(
+        v["results"][0]["series"][0]["values"][0][1].as_u64(),
+        Some(5),
+        "{v}"
+    );
 }
 
 /// VictoriaMetrics speaks the InfluxDB v2 write API (it keeps numeric fields

@@ -831,6 +831,11 @@ impl SinkReader {
         Ok(r)
     }
 
+    /// The read connection, for queries of the sink's own (summaries).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The sink's cursor: everything up to it was delivered.
     pub fn cursor(&self) -> rusqlite::Result<u64> {
         cursor(&self.conn, &self.name)

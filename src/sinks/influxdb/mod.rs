@@ -1,8 +1,8 @@
 //! The InfluxDB sink: Butler SOS-compatible points for InfluxDB 1.x and 2.x/3.x.
 //!
-//! So far: the line-protocol encoder ([`line`]) and the `user_events` point
-//! ([`schema`]). The writer that reads the journal after its cursor, posts
-//! gzip batches and confirms only what InfluxDB accepted comes next (issue 4).
+//! [`line`] encodes line protocol, [`schema`] builds Butler SOS's points, and
+//! [`writer`] delivers them from the journal, confirming only what InfluxDB
+//! accepted.
 
 pub mod line;
 pub mod schema;

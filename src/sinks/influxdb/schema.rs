@@ -84,6 +84,66 @@ pub fn user_event(
     write_point(out, "user_events", &tags, &fields, Some(point_time(ev)));
 }
 
+/// Appends a `user_session_summary` point: one host's sessions at `time_ns`.
+pub fn session_summary(
+    out: &mut String,
+    host: &str,
+    sessions: &[&crate::sessions::query::SessionView],
+    time_ns: i64,
+    extra_tags: &[(&str, &str)],
+) {
+    let mut users: Vec<&str> = sessions.iter().map(|s| s.user.as_str()).collect();
+    users.sort_unstable_by_key(|u| u.to_lowercase());
+    users.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    let list = users.join(",");
+    let connections: usize = sessions.iter().map(|s| s.connections).sum();
+    let mut tags = vec![("user_session_host", host)];
+    tags.extend(extra_tags.iter().filter(|(k, _)| *k != "user_session_host"));
+    write_point(
+        out,
+        "user_session_summary",
+        &tags,
+        &[
+            ("session_count", Field::Int(sessions.len() as i64)),
+            ("connection_count", Field::Int(connections as i64)),
+            ("user_count", Field::Int(users.len() as i64)),
+            ("session_user_id_list", Field::Str(&list)),
+        ],
+        Some(time_ns),
+    );
+}
+
+/// Appends an `event_count` point: how many events of one source, host and
+/// subsystem arrived in the interval ending at `time_ns`.
+pub fn event_count(
+    out: &mut String,
+    source: &str,
+    host: &str,
+    subsystem: &str,
+    counter: i64,
+    time_ns: i64,
+    extra_tags: &[(&str, &str)],
+) {
+    let mut tags = vec![
+        ("event_type", "user"),
+        ("source", source),
+        ("host", host),
+        ("subsystem", subsystem),
+    ];
+    for t in extra_tags {
+        if !tags.iter().any(|(k, _)| k == &t.0) {
+            tags.push(*t);
+        }
+    }
+    write_point(
+        out,
+        "event_count",
+        &tags,
+        &[("counter", Field::Int(counter))],
+        Some(time_ns),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
