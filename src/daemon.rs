@@ -124,6 +124,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
 
     let stop_sinks = tokio_util::sync::CancellationToken::new();
     let mut sink_tasks = Vec::new();
+    let mut sink_status = Vec::new();
     if config.sinks.influxdb.enabled {
         use crate::sinks::influxdb::writer;
         let reader = journal::SinkReader::open(&journal_path, writer::SINK, &metrics)
@@ -137,10 +138,13 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
                 .collect(),
         };
         tracing::info!("influxdb: writing to {}", config.sinks.influxdb.url);
+        let status = Arc::new(crate::sinks::SinkStatus::default());
+        sink_status.push((writer::SINK, status.clone()));
         sink_tasks.push(tokio::spawn(writer::run(
             settings,
             reader,
             metrics.clone(),
+            status,
             stop_sinks.clone(),
         )));
     }
@@ -150,6 +154,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         udp_listen: udp_addr.to_string(),
         data_dir: config.data_dir.clone(),
         journal: journal_health,
+        sinks: sink_status,
     });
     let (tx, rx) = std::sync::mpsc::channel::<Input>();
     let core = Core::with_journal(

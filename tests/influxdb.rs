@@ -204,11 +204,22 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Readiness names the sink's trouble but stays 200: a sink never makes whosin unready.
+    let (code, body) = d.get("/readyz");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["parts"]["sinks"]["influxdb"]["state"], "retrying",
+        "{body}"
+    );
+    assert_eq!(v["parts"]["sinks"]["influxdb"]["backlog"], 2);
     let bin = which("influxd").unwrap();
     influx.run(&bin);
     influx.wait_count(5);
     d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
     d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 5.0);
+    let v = d.json("/readyz");
+    assert_eq!(v["parts"]["sinks"]["influxdb"]["state"], "ok", "{v}");
 
     // The 10-second summaries, computed from the journal: the five sessions on
     // sense-node1, and every event counted once.

@@ -25,6 +25,8 @@ pub struct Health {
     pub data_dir: PathBuf,
     /// The journal writer's last error, if its last commit failed.
     pub journal: Arc<crate::sessions::journal::JournalHealth>,
+    /// Enabled sinks and what they report.
+    pub sinks: Vec<(&'static str, Arc<crate::sinks::SinkStatus>)>,
 }
 
 impl Health {
@@ -127,6 +129,26 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let ready = udp_ok && journal.is_ok();
     let part =
         |ok: bool, detail: String| json!({"state": if ok {"ok"} else {"failed"}, "detail": detail});
+    let mut sinks = serde_json::Map::new();
+    sinks.insert(
+        "prometheus".into(),
+        part(
+            true,
+            if s.prometheus_enabled {
+                "served at /metrics".into()
+            } else {
+                "disabled".into()
+            },
+        ),
+    );
+    for (name, status) in &s.health.sinks {
+        let (state, detail) = status.describe();
+        let backlog = s.metrics.sink_backlog.with_label_values(&[name]).get();
+        sinks.insert(
+            (*name).into(),
+            json!({"state": state, "detail": detail, "backlog": backlog}),
+        );
+    }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "parts": {
@@ -135,9 +157,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
                 Ok(()) => part(true, format!("{} is writable", s.health.data_dir.display())),
                 Err(e) => part(false, e.clone()),
             },
-            "sinks": {
-                "prometheus": part(true, if s.prometheus_enabled { "served at /metrics".into() } else { "disabled".into() }),
-            },
+            "sinks": sinks,
         },
     });
     let code = if ready {

@@ -49,6 +49,7 @@ pub async fn run(
     settings: Settings,
     reader: SinkReader,
     metrics: Arc<Metrics>,
+    status: Arc<crate::sinks::SinkStatus>,
     stop: CancellationToken,
 ) {
     let reader = Arc::new(Mutex::new(reader));
@@ -73,6 +74,23 @@ pub async fn run(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    // A new sink's summaries begin with the interval it starts in: it does not
+    // invent a past, and it misses nothing that arrives from now on.
+    let r = reader.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let r = r.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = r.conn();
+        if crate::sessions::journal::cursor(conn, SUMMARY_CURSOR)? == 0 {
+            let now = jiff::Timestamp::now().as_second().max(0) as u64;
+            crate::sessions::journal::set_cursor(
+                conn,
+                SUMMARY_CURSOR,
+                now / SUMMARY_EVERY_S * SUMMARY_EVERY_S,
+            )?;
+        }
+        Ok::<(), rusqlite::Error>(())
+    })
+    .await;
     let mut backoff = Duration::from_millis(250);
     let mut failing = false;
     loop {
@@ -131,6 +149,7 @@ pub async fn run(
         let result = post(&client, &settings.influx, body).await;
         let confirm = match &result {
             Ok(()) => {
+                status.ok();
                 written.inc_by(batch.len() as u64);
                 if failing {
                     tracing::info!("influxdb: writing again");
@@ -148,6 +167,7 @@ pub async fn run(
                 true
             }
             Err(WriteError::Retry(msg)) => {
+                status.failed(msg);
                 errors.inc();
                 if !failing {
                     tracing::warn!(
@@ -168,7 +188,7 @@ pub async fn run(
                 tracing::warn!("influxdb: cannot record progress in the journal: {e}");
             }
         } else {
-            wait(&stop, backoff).await;
+            wait(&stop, jitter(backoff)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -198,12 +218,7 @@ fn summaries(
     // Leave a second for the journal's commit window to close.
     let due = (now.as_second().max(1) as u64 - 1) / SUMMARY_EVERY_S * SUMMARY_EVERY_S;
     let mut last = cursor(conn, SUMMARY_CURSOR)?;
-    if last == 0 {
-        // A new sink starts now; it does not invent a past.
-        set_cursor(conn, SUMMARY_CURSOR, due)?;
-        return Ok(None);
-    }
-    if due <= last {
+    if last == 0 || due <= last {
         return Ok(None);
     }
     let tags: Vec<(&str, &str)> = extra
@@ -264,6 +279,15 @@ fn summaries(
         return Ok(None);
     }
     Ok(Some((body, last)))
+}
+
+/// `d` plus up to a quarter more, so that many whosins (or a restart of one)
+/// do not retry against a recovering InfluxDB in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 async fn wait(stop: &CancellationToken, d: Duration) {
