@@ -314,3 +314,102 @@ fn v2_writes_are_accepted_by_victoria_metrics() {
     let _ = vm.kill();
     let _ = vm.wait();
 }
+
+/// What no real server here does on demand: a fake InfluxDB (in-process,
+/// named as such) that answers 500, then 429, then 400 to any request holding
+/// a bad point. The sink retries the first two and isolates the bad point.
+#[test]
+fn fake_influxdb_errors_are_retried_and_a_bad_point_is_isolated() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Fake {
+        requests: usize,
+        stored: Vec<String>,
+    }
+    let fake = Arc::new(Mutex::new(Fake::default()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let state = fake.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/write",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let mut text = String::new();
+                        flate2::read::GzDecoder::new(&body[..])
+                            .read_to_string(&mut text)
+                            .unwrap();
+                        let mut f = state.lock().unwrap();
+                        f.requests += 1;
+                        match f.requests {
+                            1 => (
+                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                "down".to_owned(),
+                            ),
+                            2 => (
+                                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                                "slow down".to_owned(),
+                            ),
+                            _ if text.contains("userId=\"bad\"") => (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                "{\"error\":\"partial write: field type conflict\"}".to_owned(),
+                            ),
+                            _ => {
+                                f.stored.extend(text.lines().map(str::to_owned));
+                                (axum::http::StatusCode::NO_CONTENT, String::new())
+                            }
+                        }
+                    }
+                }),
+            );
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    let d = Daemon::start(&format!(
+        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{port}\"\n    database: senseops\n    flush_interval: \"100ms\"\n"
+    ));
+    d.send_all(&[
+        &start("LAB\\good1", "AppAccess"),
+        &start("LAB\\bad", "AppAccess"),
+        &start("LAB\\good2", "AppAccess"),
+        &start("LAB\\good3", "AppAccess"),
+    ]);
+    d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 3.0);
+    d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
+    let m = d.metrics();
+    assert_eq!(
+        m.must("whosin_sink_errors_total{sink=\"influxdb\"}"),
+        3.0,
+        "500, 429 and the bad point"
+    );
+    let f = fake.lock().unwrap();
+    let mut users: Vec<&str> = f
+        .stored
+        .iter()
+        .filter(|l| l.starts_with("user_events,"))
+        .map(|l| {
+            l.split("userId=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    users.sort_unstable();
+    assert_eq!(
+        users,
+        vec!["good1", "good2", "good3"],
+        "each good point exactly once"
+    );
+}

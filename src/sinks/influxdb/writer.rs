@@ -30,8 +30,11 @@ enum WriteError {
     /// Network trouble, 5xx, 429, 401/403/404 (a server or configuration that
     /// can recover): the batch is tried again.
     Retry(String),
-    /// 400: InfluxDB will never take these points; they are skipped (and
-    /// counted) so that one bad point cannot stop the sink forever.
+    /// 400, 413, 422: InfluxDB will never take this request as it is; it is
+    /// split to find the bad points, which are skipped (and counted). 401,
+    /// 403 and 404 are retried instead: a wrong token or a missing database
+    /// is fixed by the administrator, and dropping events meanwhile would
+    /// lose them.
     Rejected(String),
 }
 
@@ -142,15 +145,19 @@ pub async fn run(
             wait(&stop, settings.influx.flush_interval.get()).await;
             continue;
         };
-        let mut body = String::with_capacity(batch.len() * 300);
-        for ev in &batch {
-            user_event(&mut body, ev, version, &tags);
-        }
-        let result = post(&client, &settings.influx, body).await;
-        let confirm = match &result {
-            Ok(()) => {
+        let lines: Vec<String> = batch
+            .iter()
+            .map(|ev| {
+                let mut l = String::with_capacity(300);
+                user_event(&mut l, ev, version, &tags);
+                l
+            })
+            .collect();
+        let confirm = match deliver(&client, &settings.influx, &lines).await {
+            Ok(rejected) => {
                 status.ok();
-                written.inc_by(batch.len() as u64);
+                written.inc_by((lines.len() - rejected) as u64);
+                errors.inc_by(rejected as u64);
                 if failing {
                     tracing::info!("influxdb: writing again");
                     failing = false;
@@ -158,16 +165,8 @@ pub async fn run(
                 backoff = Duration::from_millis(250);
                 true
             }
-            Err(WriteError::Rejected(msg)) => {
-                errors.inc();
-                tracing::error!(
-                    "influxdb refused {} points for good, skipping them: {msg}",
-                    batch.len()
-                );
-                true
-            }
-            Err(WriteError::Retry(msg)) => {
-                status.failed(msg);
+            Err(msg) => {
+                status.failed(&msg);
                 errors.inc();
                 if !failing {
                     tracing::warn!(
@@ -297,6 +296,40 @@ async fn wait(stop: &CancellationToken, d: Duration) {
     }
 }
 
+/// Posts `lines`; when InfluxDB refuses a request for good (400, 413, 422),
+/// splits it in halves until the refused points stand alone, logs each with
+/// InfluxDB's reason and skips it, so one bad point cannot stop the sink.
+/// Returns how many points were skipped, or the error to retry the batch on
+/// (the parts already written are written again then: point times are stable,
+/// so that overwrites rather than duplicates).
+async fn deliver(
+    client: &reqwest::Client,
+    c: &InfluxConfig,
+    lines: &[String],
+) -> Result<usize, String> {
+    let mut rejected = 0;
+    let mut todo = vec![(0, lines.len())];
+    while let Some((from, to)) = todo.pop() {
+        match post(client, c, lines[from..to].concat()).await {
+            Ok(()) => {}
+            Err(WriteError::Retry(msg)) => return Err(msg),
+            Err(WriteError::Rejected(msg)) if to - from == 1 => {
+                tracing::error!(
+                    "influxdb refused a point for good, skipping it: {msg}: {}",
+                    lines[from].trim_end()
+                );
+                rejected += 1;
+            }
+            Err(WriteError::Rejected(_)) => {
+                let mid = from + (to - from) / 2;
+                todo.push((mid, to));
+                todo.push((from, mid));
+            }
+        }
+    }
+    Ok(rejected)
+}
+
 /// Gzips and posts one batch to the v1 or v2 write endpoint.
 async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Result<(), WriteError> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -349,7 +382,7 @@ async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Resul
     }
     let text = resp.text().await.unwrap_or_default();
     let msg = format!("{base} answered {status}: {}", text.trim());
-    if status == reqwest::StatusCode::BAD_REQUEST {
+    if matches!(status.as_u16(), 400 | 413 | 422) {
         Err(WriteError::Rejected(msg))
     } else {
         Err(WriteError::Retry(msg))
