@@ -250,6 +250,34 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
         Some(5),
         "{v}"
     );
+
+    // Every query of Butler SOS's SenseOps user panels (shared/qlik/user-events.md)
+    // runs and returns data, with $timeFilter and $interval filled in.
+    d.send(format!("/qseow-proxy-connection/;sense-node1;Open connection;LAB;anna;AppAccess;/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c;connection Opened for session UserAgent: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'").as_bytes());
+    influx.wait_count(6);
+    let panels = [
+        "SELECT count(distinct(\"userFull\")) FROM \"user_events\" WHERE $timeFilter GROUP BY time(15m)",
+        "SELECT count(distinct(\"userFull\")) FROM \"user_events\" WHERE $timeFilter GROUP BY time(1d)",
+        "SELECT count(\"userId\") FROM \"user_events\" WHERE $timeFilter GROUP BY time(1m), \"event_action\" fill(null)",
+        "SELECT count(\"userId\") FROM \"user_events\" WHERE $timeFilter GROUP BY time(1m), \"origin\" fill(null)",
+        "SELECT count(distinct(\"userFull\")) FROM \"user_events\" WHERE \"event_action\"::tag = 'Open connection' AND $timeFilter GROUP BY \"appName\"::tag",
+        "SELECT count(distinct(\"userFull\")) FROM \"user_events\" WHERE $timeFilter GROUP BY \"uaBrowserName\"::tag",
+        "SELECT count(distinct(\"userFull\")) FROM \"user_events\" WHERE $timeFilter GROUP BY \"uaOsName\"::tag",
+        "SELECT \"userFull\", \"appName\", \"appId\" FROM \"user_events\" WHERE $timeFilter GROUP BY \"origin\", \"event_action\", \"host\"",
+        "SELECT mean(\"session_count\") FROM \"user_session_summary\" WHERE $timeFilter GROUP BY time($interval), \"user_session_host\" fill(none)",
+        "SELECT sum(\"counter\") FROM \"event_count\" WHERE $timeFilter GROUP BY \"source\"::tag, \"event_type\"::tag, \"host\"::tag",
+    ];
+    for q in panels {
+        let q = q
+            .replace("$timeFilter", "time > now() - 1h")
+            .replace("$interval", "10s");
+        let v = influx.query(&q);
+        let series = &v["results"][0]["series"];
+        assert!(
+            series.as_array().is_some_and(|s| !s.is_empty()) && v["results"][0]["error"].is_null(),
+            "no data for {q}: {v}"
+        );
+    }
 }
 
 /// VictoriaMetrics speaks the InfluxDB v2 write API (it keeps numeric fields
