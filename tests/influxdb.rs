@@ -253,7 +253,7 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
 
     // Every query of Butler SOS's SenseOps user panels (shared/qlik/user-events.md)
     // runs and returns data, with $timeFilter and $interval filled in.
-    d.send(format!("/qseow-proxy-connection/;sense-node1;Open connection;LAB;anna;AppAccess;/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c;connection Opened for session UserAgent: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'").as_bytes());
+    d.send(b"/qseow-proxy-connection/;sense-node1;Open connection;LAB;anna;AppAccess;/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c;connection Opened for session UserAgent: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'");
     influx.wait_count(6);
     let panels = [
         "SELECT count(distinct(\"userFull\")) FROM \"user_events\" WHERE $timeFilter GROUP BY time(15m)",
