@@ -51,7 +51,6 @@ fn main() {
     );
 }
 
-#[allow(dead_code)]
 fn sizes() {
     use whosin::sessions::live::*;
     println!(
