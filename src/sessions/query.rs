@@ -67,6 +67,48 @@ pub struct Filter {
     pub user_key: Option<String>,
 }
 
+/// A journal table of intervals: its name and its start and end columns.
+struct Intervals {
+    table: &'static str,
+    start: &'static str,
+    end: &'static str,
+}
+
+const SESSIONS: Intervals = Intervals {
+    table: "sessions",
+    start: "started_at",
+    end: "ended_at",
+};
+
+const CONNECTIONS: Intervals = Intervals {
+    table: "connections",
+    start: "opened_at",
+    end: "closed_at",
+};
+
+/// The one query behind every forensic answer: the rows (as `x`) of an
+/// interval table that overlap `[?1, ?2]` (nanoseconds; `?4`, `?5` the same in
+/// seconds), optionally only on host `?3` and of user `?6`. An instant is the
+/// range `[t, t]`: started at or before it, not ended by it.
+///
+/// Candidates come from the R*Tree of ended intervals and the NULL-end index
+/// of open ones (see the journal's schema); the exact nanosecond columns
+/// decide. CROSS JOIN keeps SQLite from driving the query from the start-time
+/// index instead (a scan of every earlier row).
+fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
+    let Intervals { table, start, end } = i;
+    format!(
+        "SELECT {columns}
+         FROM (SELECT r.id FROM {table}_span r WHERE r.start_s <= ?5 AND r.end_s >= ?4
+               UNION ALL
+               SELECT o.id FROM {table} o WHERE o.{end} IS NULL AND o.{start} <= ?2) AS k
+         CROSS JOIN {table} x ON x.id = k.id
+         WHERE x.{start} <= ?2 AND (x.{end} IS NULL OR x.{end} > ?1)
+           AND (?3 IS NULL OR x.host = ?3) AND (?6 IS NULL OR x.user_key = ?6)
+         {order}"
+    )
+}
+
 /// Who was in at `at`.
 pub fn sessions_at(
     conn: &Connection,
@@ -90,21 +132,12 @@ fn sessions_query(
     secs: f64,
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
-    // Candidates: ended sessions from the R*Tree, open ones by their NULL end
-    // (see the journal's schema); the exact nanosecond columns decide. CROSS
-    // JOIN keeps SQLite from driving the query from the start-time index
-    // instead (a scan of every earlier row).
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.id, s.host, s.user_key, s.user_directory, s.user_id, s.proxy_session_id, s.started_at,
-                s.browser, s.browser_major, s.os, s.os_version
-         FROM (SELECT r.id FROM sessions_span r WHERE r.start_s <= ?4 AND r.end_s >= ?4
-               UNION ALL
-               SELECT o.id FROM sessions o WHERE o.ended_at IS NULL AND o.started_at <= ?1) AS k
-         CROSS JOIN sessions s ON s.id = k.id
-         WHERE s.started_at <= ?1 AND (s.ended_at IS NULL OR s.ended_at > ?1)
-           AND (?2 IS NULL OR s.host = ?2) AND (?3 IS NULL OR s.user_key = ?3)
-         ORDER BY s.host, s.user_key, s.started_at, s.id",
-    )?;
+    let mut stmt = conn.prepare_cached(&overlapping(
+        SESSIONS,
+        "x.id, x.host, x.user_key, x.user_directory, x.user_id, x.proxy_session_id, x.started_at,
+         x.browser, x.browser_major, x.os, x.os_version",
+        "ORDER BY x.host, x.user_key, x.started_at, x.id",
+    ))?;
     struct Row {
         host: String,
         key: String,
@@ -113,7 +146,7 @@ fn sessions_query(
         app_ids: Vec<String>,
     }
     let mut rows: Vec<Row> = stmt
-        .query_map(params![t, f.host, f.user_key, secs], |r| {
+        .query_map(params![t, t, f.host, secs, secs, f.user_key], |r| {
             let dir: String = r.get(3)?;
             let id: String = r.get(4)?;
             Ok(Row {
@@ -144,17 +177,12 @@ fn sessions_query(
             .or_default()
             .push(i);
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.host, c.user_key, c.app_id, c.proxy_session_id
-         FROM (SELECT r.id FROM connections_span r WHERE r.start_s <= ?4 AND r.end_s >= ?4
-               UNION ALL
-               SELECT o.id FROM connections o WHERE o.closed_at IS NULL AND o.opened_at <= ?1) AS k
-         CROSS JOIN connections c ON c.id = k.id
-         WHERE c.opened_at <= ?1 AND (c.closed_at IS NULL OR c.closed_at > ?1)
-           AND (?2 IS NULL OR c.host = ?2) AND (?3 IS NULL OR c.user_key = ?3)
-         ORDER BY c.opened_at, c.id",
-    )?;
-    let conns = stmt.query_map(params![t, f.host, f.user_key, secs], |r| {
+    let mut stmt = conn.prepare_cached(&overlapping(
+        CONNECTIONS,
+        "x.host, x.user_key, x.app_id, x.proxy_session_id",
+        "ORDER BY x.opened_at, x.id",
+    ))?;
+    let conns = stmt.query_map(params![t, t, f.host, secs, secs, f.user_key], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -259,16 +287,13 @@ pub fn concurrency(
     let mut changes: Vec<(i64, Kind, u32)> = Vec::new();
     let mut user_ids: HashMap<String, u32> = HashMap::default();
     let (lo_s, hi_s) = (span_secs(from), span_secs(to));
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.user_key, s.started_at, s.ended_at
-         FROM (SELECT r.id FROM sessions_span r WHERE r.start_s <= ?5 AND r.end_s >= ?4
-               UNION ALL
-               SELECT o.id FROM sessions o WHERE o.ended_at IS NULL AND o.started_at <= ?2) AS k
-         CROSS JOIN sessions s ON s.id = k.id
-         WHERE s.started_at <= ?2 AND (s.ended_at IS NULL OR s.ended_at > ?1)
-           AND (?3 IS NULL OR s.host = ?3)",
-    )?;
-    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s], |r| {
+    let no_user: Option<String> = None;
+    let mut stmt = conn.prepare_cached(&overlapping(
+        SESSIONS,
+        "x.user_key, x.started_at, x.ended_at",
+        "",
+    ))?;
+    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s, no_user], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
@@ -284,16 +309,9 @@ pub fn concurrency(
             changes.push((e, Kind::SessionEnd, uid));
         }
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.opened_at, c.closed_at
-         FROM (SELECT r.id FROM connections_span r WHERE r.start_s <= ?5 AND r.end_s >= ?4
-               UNION ALL
-               SELECT o.id FROM connections o WHERE o.closed_at IS NULL AND o.opened_at <= ?2) AS k
-         CROSS JOIN connections c ON c.id = k.id
-         WHERE c.opened_at <= ?2 AND (c.closed_at IS NULL OR c.closed_at > ?1)
-           AND (?3 IS NULL OR c.host = ?3)",
-    )?;
-    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s], |r| {
+    let mut stmt =
+        conn.prepare_cached(&overlapping(CONNECTIONS, "x.opened_at, x.closed_at", ""))?;
+    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s, no_user], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
     })?;
     for row in rows {
