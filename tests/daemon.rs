@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Daemon, bin, required, which};
+use common::{DEADLINE, Daemon, bin};
 
 const BLACKLIST: &str = r#"
 blacklist:
@@ -220,12 +220,7 @@ fn readiness_fails_when_the_data_dir_is_not_writable() {
 
 #[test]
 fn metrics_pass_promtool_lint() {
-    let Some(promtool) = which("promtool") else {
-        assert!(
-            !required(),
-            "promtool is missing: install the prometheus package"
-        );
-        eprintln!("skipping: promtool not installed");
+    let Some(promtool) = common::tool("promtool", "prometheus") else {
         return;
     };
     let d = Daemon::start(BLACKLIST);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Daemon, http_get, required, which};
+use common::{DEADLINE, Daemon, http_get, which};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -28,12 +28,7 @@ struct Influx {
 
 impl Influx {
     fn start(dir: &Path) -> Option<Influx> {
-        let Some(bin) = which("influxd") else {
-            assert!(
-                !required(),
-                "influxd is missing: install the influxdb package"
-            );
-            eprintln!("skipping: influxd not installed");
+        let Some(bin) = common::tool("influxd", "influxdb") else {
             return None;
         };
         let port = free_port();
@@ -284,12 +279,7 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
 /// only, so what can be checked is that it takes every batch whosin sends).
 #[test]
 fn v2_writes_are_accepted_by_victoria_metrics() {
-    let Some(bin) = which("victoria-metrics") else {
-        assert!(
-            !required(),
-            "victoria-metrics is missing: install the victoria-metrics package"
-        );
-        eprintln!("skipping: victoria-metrics not installed");
+    let Some(bin) = common::tool("victoria-metrics", "victoria-metrics") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -246,6 +246,20 @@ pub fn required() -> bool {
     std::env::var_os("CI").is_some()
 }
 
+/// A server or tool a test needs: its path, or `None` (the test then skips)
+/// outside CI. Under CI (`CI` set) a missing tool fails the test.
+pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    let found = which(name);
+    if found.is_none() {
+        assert!(
+            !required(),
+            "{name} is missing: install the {package} package (scripts/test does)"
+        );
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}
+
 /// Finds a tool on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
