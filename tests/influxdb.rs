@@ -28,9 +28,7 @@ struct Influx {
 
 impl Influx {
     fn start(dir: &Path) -> Option<Influx> {
-        let Some(bin) = common::tool("influxd", "influxdb") else {
-            return None;
-        };
+        let bin = common::tool("influxd", "influxdb")?;
         let port = free_port();
         let config = dir.join("influxdb.conf");
         std::fs::write(

@@ -77,18 +77,19 @@ pub async fn run(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    // A new sink's summaries begin with the interval it starts in: it does not
-    // invent a past, and it misses nothing that arrives from now on.
+    // A new sink's summaries begin a minute before it starts: far enough back
+    // that events arriving while it starts up are counted, without
+    // recomputing a long history.
     let r = reader.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let r = r.lock().unwrap_or_else(|p| p.into_inner());
         let conn = r.conn();
         if crate::sessions::journal::cursor(conn, SUMMARY_CURSOR)? == 0 {
-            let now = jiff::Timestamp::now().as_second().max(0) as u64;
+            let from = (jiff::Timestamp::now().as_second().max(0) as u64).saturating_sub(60);
             crate::sessions::journal::set_cursor(
                 conn,
                 SUMMARY_CURSOR,
-                now / SUMMARY_EVERY_S * SUMMARY_EVERY_S,
+                from / SUMMARY_EVERY_S * SUMMARY_EVERY_S,
             )?;
         }
         Ok::<(), rusqlite::Error>(())
