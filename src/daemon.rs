@@ -3,8 +3,9 @@
 //! ```text
 //! UDP socket ─▶ receive thread (parse, count) ─▶ core thread (blacklist, state, gauges)
 //!                                                     ▲
-//! config file watcher ─────── Reload ─────────────────┘
-//! HTTP server (tokio): /metrics, /healthz, /readyz
+//! config file watcher ─────── Reload ─────────────────┘        │ journal
+//!          └──────────── new config ──▶ sink supervisor ─▶ InfluxDB, MQTT tasks
+//! HTTP server (tokio): /metrics, /healthz, /readyz, /api
 //! ```
 //!
 //! Shutdown on SIGINT/SIGTERM: the receive thread stops reading and hands over
@@ -70,10 +71,13 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     })?;
     ingest::useragent::warm_up();
 
-    let sink_names: Vec<&str> = [(
-        config.sinks.influxdb.enabled,
-        crate::sinks::influxdb::writer::SINK,
-    )]
+    let sink_names: Vec<&str> = [
+        (
+            config.sinks.influxdb.enabled,
+            crate::sinks::influxdb::writer::SINK,
+        ),
+        (config.sinks.mqtt.enabled, crate::sinks::mqtt::SINK),
+    ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
@@ -122,47 +126,37 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         journal_health.clone(),
     )?;
 
+    let feed = Arc::new(sessions::feed::Feed::default());
+    let statuses = Arc::new(crate::sinks::statuses());
     let stop_sinks = tokio_util::sync::CancellationToken::new();
-    let mut sink_tasks = Vec::new();
-    let mut sink_status = Vec::new();
-    if config.sinks.influxdb.enabled {
-        use crate::sinks::influxdb::writer;
-        let reader = journal::SinkReader::open(&journal_path, writer::SINK, &metrics)
-            .context("opening the journal for the InfluxDB sink")?;
-        let settings = writer::Settings {
-            influx: config.sinks.influxdb.clone(),
-            tags: config
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        tracing::info!("influxdb: writing to {}", config.sinks.influxdb.url);
-        let status = Arc::new(crate::sinks::SinkStatus::default());
-        sink_status.push((writer::SINK, status.clone()));
-        sink_tasks.push(tokio::spawn(writer::run(
-            settings,
-            reader,
-            metrics.clone(),
-            status,
-            stop_sinks.clone(),
-        )));
-    }
+    let (sink_updates, sink_config) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let sinks_task = crate::sinks::supervise(
+        &config,
+        sink_config,
+        crate::sinks::Context {
+            journal_path: journal_path.clone(),
+            metrics: metrics.clone(),
+            statuses: statuses.clone(),
+            live: Some(feed.clone()),
+        },
+        stop_sinks.clone(),
+    )?;
 
     let health = Arc::new(Health {
         udp_bound: AtomicBool::new(true),
         udp_listen: udp_addr.to_string(),
         data_dir: config.data_dir.clone(),
         journal: journal_health,
-        sinks: sink_status,
+        sinks: statuses.clone(),
     });
     let (tx, rx) = std::sync::mpsc::channel::<Input>();
-    let core = Core::with_journal(
+    let mut core = Core::with_journal(
         Arc::new(core_settings(&config)?),
         metrics.clone(),
         recovered,
         jtx,
     );
+    core.set_feed(feed);
     let core_thread = sessions::spawn(core, rx)?;
     let stop = Arc::new(AtomicBool::new(false));
     let ingest_thread = ingest::spawn(
@@ -185,9 +179,13 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         auth_token: config.http.auth_token.as_deref().map(Arc::from),
     });
     let _watch = match source {
-        config::Source::File(path) => {
-            start_watch(path, config.clone(), tx.clone(), metrics.clone())
-        }
+        config::Source::File(path) => start_watch(
+            path,
+            config.clone(),
+            tx.clone(),
+            sink_updates,
+            metrics.clone(),
+        ),
         config::Source::Embedded => None,
     };
     drop(tx);
@@ -204,9 +202,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: finishing the events in hand");
     stop_sinks.cancel();
-    for t in sink_tasks {
-        let _ = t.await;
-    }
+    let _ = sinks_task.await;
     stop.store(true, Ordering::Relaxed);
     health.udp_bound.store(false, Ordering::Relaxed);
     let _ = ingest_thread.join();
@@ -223,6 +219,7 @@ fn start_watch(
     path: &Path,
     initial: Config,
     tx: std::sync::mpsc::Sender<Input>,
+    sinks: tokio::sync::watch::Sender<Arc<Config>>,
     metrics: Arc<Metrics>,
 ) -> Option<config::watch::Watch> {
     let current = std::sync::Mutex::new(initial);
@@ -259,6 +256,8 @@ fn start_watch(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .send(Input::Reload(Arc::new(settings)));
+                // The sink supervisor restarts the sinks whose settings changed.
+                sinks.send_replace(Arc::new(new.clone()));
                 metrics.config_reloads.with_label_values(&["applied"]).inc();
                 tracing::info!("config reloaded from {shown}");
                 *current = new;

@@ -460,6 +460,34 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         if mqtt.client_id.trim().is_empty() {
             p("sinks.mqtt.client_id", "is empty".into());
         }
+        if mqtt.keepalive.get() < std::time::Duration::from_secs(1) {
+            p("sinks.mqtt.keepalive", "must be at least 1s".into());
+        }
+        let tls = mqtt.url.starts_with("mqtts://");
+        for (key, file) in [
+            ("ca_file", &mqtt.ca_file),
+            ("client_cert", &mqtt.client_cert),
+            ("client_key", &mqtt.client_key),
+        ] {
+            let Some(file) = file else { continue };
+            if !tls {
+                p(
+                    &format!("sinks.mqtt.{key}"),
+                    "is only used with an mqtts:// url".into(),
+                );
+            } else if let Err(e) = std::fs::metadata(file) {
+                p(
+                    &format!("sinks.mqtt.{key}"),
+                    format!("cannot read {}: {e}", file.display()),
+                );
+            }
+        }
+        if mqtt.client_cert.is_some() != mqtt.client_key.is_some() {
+            p(
+                "sinks.mqtt.client_key",
+                "client_cert and client_key go together: set both or neither".into(),
+            );
+        }
     }
     if mqtt.qos > 2 {
         p("sinks.mqtt.qos", format!("{} is not 0, 1 or 2", mqtt.qos));
@@ -471,6 +499,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         ("session_stop", &t.session_stop),
         ("connection_open", &t.connection_open),
         ("connection_close", &t.connection_close),
+        ("state", &t.state),
     ] {
         if let Some(topic) = topic
             && (topic.is_empty() || topic.contains(['+', '#']))

@@ -275,6 +275,15 @@ pub struct MqttConfig {
     pub password: Option<String>,
     /// QoS 0, 1 or 2.
     pub qos: u8,
+    /// How often the connection is checked with a ping when idle.
+    pub keepalive: HumanDuration,
+    /// PEM file of the CA that signed the broker's certificate (`mqtts://`);
+    /// without it the system's trust store is used.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (`mqtts://`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Topics; any can be `null` to switch it off.
     pub topics: MqttTopics,
 }
@@ -288,6 +297,10 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             qos: 1,
+            keepalive: HumanDuration::from_secs(30),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             topics: MqttTopics::default(),
         }
     }
@@ -307,6 +320,8 @@ pub struct MqttTopics {
     pub connection_open: Option<String>,
     /// `Close connection` events.
     pub connection_close: Option<String>,
+    /// Prefix of the retained per-host state topic: `<state>/<host>`.
+    pub state: Option<String>,
 }
 
 impl Default for MqttTopics {
@@ -317,6 +332,7 @@ impl Default for MqttTopics {
             session_stop: Some("qliksense/userevent/session/stop".into()),
             connection_open: Some("qliksense/userevent/connection/open".into()),
             connection_close: Some("qliksense/userevent/connection/close".into()),
+            state: Some("qliksense/sessions".into()),
         }
     }
 }

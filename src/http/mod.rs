@@ -25,8 +25,8 @@ pub struct Health {
     pub data_dir: PathBuf,
     /// The journal writer's last error, if its last commit failed.
     pub journal: Arc<crate::sessions::journal::JournalHealth>,
-    /// Enabled sinks and what they report.
-    pub sinks: Vec<(&'static str, Arc<crate::sinks::SinkStatus>)>,
+    /// Every sink and what it reports.
+    pub sinks: Arc<crate::sinks::Statuses>,
 }
 
 impl Health {
@@ -141,13 +141,18 @@ async fn readyz(State(s): State<AppState>) -> Response {
             },
         ),
     );
-    for (name, status) in &s.health.sinks {
+    for (name, status) in s.health.sinks.iter() {
         let (state, detail) = status.describe();
-        let backlog = s.metrics.sink_backlog.with_label_values(&[name]).get();
-        sinks.insert(
-            (*name).into(),
-            json!({"state": state, "detail": detail, "backlog": backlog}),
-        );
+        let mut part = json!({"state": state, "detail": detail});
+        if state != "disabled" {
+            part["backlog"] = s
+                .metrics
+                .sink_backlog
+                .with_label_values(&[name])
+                .get()
+                .into();
+        }
+        sinks.insert((*name).into(), part);
     }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

@@ -865,7 +865,8 @@ impl SinkReader {
         Ok(n as u64)
     }
 
-    fn refresh_backlog(&self) -> rusqlite::Result<()> {
+    /// Sets `whosin_sink_backlog_events{sink}` (also while the sink cannot deliver).
+    pub fn refresh_backlog(&self) -> rusqlite::Result<()> {
         self.backlog.set(self.backlog()? as i64);
         Ok(())
     }

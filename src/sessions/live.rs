@@ -325,6 +325,11 @@ impl LiveState {
             })
     }
 
+    /// One host's state, if it was seen.
+    pub fn host(&self, host: &str) -> Option<&HostState> {
+        self.hosts.get(host)
+    }
+
     /// Every host seen so far, with its state.
     pub fn hosts(&self) -> impl Iterator<Item = (&String, &HostState)> {
         self.hosts.iter()

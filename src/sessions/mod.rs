@@ -5,6 +5,7 @@
 //! watcher. Keeping the state on one thread makes every update ordered and
 //! lock-free on the hot path; readers (the HTTP API) will get snapshots.
 
+pub mod feed;
 pub mod journal;
 pub mod live;
 pub mod query;
@@ -59,6 +60,9 @@ pub struct Core {
     journal: Option<Sender<journal::Write>>,
     outbox: Vec<journal::Write>,
     next_seq: u64,
+    feed: Option<Arc<feed::Feed>>,
+    /// Hosts whose state changed since the feed was last refreshed.
+    dirty: std::collections::HashSet<String>,
 }
 
 impl Core {
@@ -73,6 +77,8 @@ impl Core {
             journal: None,
             outbox: Vec::new(),
             next_seq: 1,
+            feed: None,
+            dirty: Default::default(),
         }
     }
 
@@ -94,6 +100,13 @@ impl Core {
             core.host_metrics(&h).set_counts(counts);
         }
         core
+    }
+
+    /// Keeps `feed` up to date with every host's state, from the next tick on.
+    pub fn set_feed(&mut self, feed: Arc<feed::Feed>) {
+        self.dirty
+            .extend(self.state.hosts().map(|(h, _)| h.clone()));
+        self.feed = Some(feed);
     }
 
     /// The live state.
@@ -131,6 +144,9 @@ impl Core {
         hm.count_event(ev.command);
         hm.set_counts(counts);
         self.record_ended(&outcome.ended);
+        if self.feed.is_some() && !self.dirty.contains(&ev.host) {
+            self.dirty.insert(ev.host.clone());
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.journal.is_some() {
@@ -163,7 +179,7 @@ impl Core {
         }
     }
 
-    /// Expires idle sessions as of `now`.
+    /// Expires idle sessions as of `now`, and refreshes the feed.
     pub fn tick(&mut self, now: Timestamp) {
         let outcome = self.state.expire(now);
         self.record_ended(&outcome.ended);
@@ -171,10 +187,18 @@ impl Core {
             self.outbox
                 .extend(outcome.changes.into_iter().map(journal::Write::Change));
         }
+        if let Some(feed) = &self.feed {
+            for host in self.dirty.drain() {
+                feed.update(&host, feed::host_snapshot(&self.state, &host), now);
+            }
+        }
     }
 
     fn record_ended(&mut self, ended: &[Ended]) {
         for e in ended {
+            if self.feed.is_some() && !self.dirty.contains(&e.host) {
+                self.dirty.insert(e.host.clone());
+            }
             let counts = self.state.counts(&e.host);
             let hm = self.host_metrics(&e.host);
             hm.observe_duration(e.duration.as_secs_f64());

@@ -30,7 +30,7 @@ pub fn point_time(ev: &StoredEvent) -> i64 {
 }
 
 /// The Qlik command as Qlik writes it, from the event label.
-fn event_action(label: &str) -> &str {
+pub fn event_action(label: &str) -> &str {
     match label {
         "session_start" => "Start session",
         "session_stop" => "Stop session",

@@ -39,7 +39,7 @@ enum WriteError {
 }
 
 /// Everything the writer needs, from the config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// The `sinks.influxdb` section.
     pub influx: InfluxConfig,
@@ -113,7 +113,7 @@ pub async fn run(
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::warn!("influxdb: cannot read the journal: {e}");
-                wait(&stop, Duration::from_secs(1)).await;
+                crate::sinks::wait(&stop, Duration::from_secs(1)).await;
                 continue;
             }
             Err(_) => return,
@@ -128,8 +128,13 @@ pub async fn run(
             })
             .await;
             if let Ok(Ok(Some((body, upto)))) = body {
-                match post(&client, &settings.influx, body).await {
-                    Ok(()) => {
+                // Split into points, so that a point InfluxDB refuses for good
+                // is skipped like a bad event instead of holding every later
+                // summary back.
+                let lines: Vec<String> = body.split_inclusive('\n').map(str::to_owned).collect();
+                match deliver(&client, &settings.influx, &lines).await {
+                    Ok(rejected) => {
+                        errors.inc_by(rejected as u64);
                         let r = reader.clone();
                         let _ = tokio::task::spawn_blocking(move || {
                             let r = r.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,13 +142,13 @@ pub async fn run(
                         })
                         .await;
                     }
-                    Err(WriteError::Rejected(msg)) | Err(WriteError::Retry(msg)) => {
+                    Err(msg) => {
                         errors.inc();
                         tracing::warn!("influxdb: summaries not written yet: {msg}");
                     }
                 }
             }
-            wait(&stop, settings.influx.flush_interval.get()).await;
+            crate::sinks::wait(&stop, settings.influx.flush_interval.get()).await;
             continue;
         };
         let lines: Vec<String> = batch
@@ -188,7 +193,7 @@ pub async fn run(
                 tracing::warn!("influxdb: cannot record progress in the journal: {e}");
             }
         } else {
-            wait(&stop, jitter(backoff)).await;
+            crate::sinks::wait(&stop, crate::sinks::jitter(backoff)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -279,22 +284,6 @@ fn summaries(
         return Ok(None);
     }
     Ok(Some((body, last)))
-}
-
-/// `d` plus up to a quarter more, so that many whosins (or a restart of one)
-/// do not retry against a recovering InfluxDB in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
-}
-
-async fn wait(stop: &CancellationToken, d: Duration) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(d) => {}
-    }
 }
 
 /// Posts `lines`; when InfluxDB refuses a request for good (400, 413, 422),

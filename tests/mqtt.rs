@@ -1,0 +1,511 @@
+//! The MQTT sink against a real Mosquitto (Debian's `mosquitto`), started here
+//! on a free loopback port with persistence: Butler SOS's payloads on Butler
+//! SOS's topics, a retained state topic per host, and nothing lost when the
+//! broker or whosin restarts mid-stream.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Daemon};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real mosquitto with persistence in its own folder, killed when dropped.
+struct Mosquitto {
+    bin: PathBuf,
+    child: Option<Child>,
+    config: PathBuf,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Option<Mosquitto> {
+        let bin = common::tool("mosquitto", "mosquitto")?;
+        let port = free_port();
+        let config = dir.join("mosquitto.conf");
+        // max_queued_messages 0: a persistent subscriber that is offline for a
+        // moment must not lose messages to the broker's own queue limit.
+        // `user root`: started as root, mosquitto would otherwise switch to the
+        // mosquitto user, which cannot write its persistence file here.
+        std::fs::write(
+            &config,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nlog_dest none\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            bin,
+            child: None,
+            config,
+            port,
+        };
+        m.run();
+        Some(m)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let until = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, so that mosquitto saves its persistent sessions, then waits.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Message {
+    topic: String,
+    payload: String,
+    retain: bool,
+}
+
+/// A QoS 1 subscriber to `qliksense/#`. With `persistent`, its session
+/// (subscription and queued messages) outlives its connection and a broker
+/// restart, so it sees every message published while it was away.
+struct Subscriber {
+    got: Arc<Mutex<Vec<Message>>>,
+    client: Client,
+}
+
+impl Subscriber {
+    fn connect(port: u16, id: &str, persistent: bool) -> Subscriber {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(!persistent)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(16 << 20, 1 << 20);
+        let (client, mut connection) = Client::new(o, 100);
+        client.subscribe("qliksense/#", QoS::AtLeastOnce).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push(Message {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            retain: p.retain,
+                        });
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    // The broker is down: rumqttc reconnects on the next poll.
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        subscribed
+            .recv_timeout(DEADLINE)
+            .expect("the subscription is acknowledged");
+        Subscriber { got, client }
+    }
+
+    fn messages(&self) -> Vec<Message> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Polls until `done` holds for the messages so far.
+    fn wait(&self, what: &str, done: impl Fn(&[Message]) -> bool) -> Vec<Message> {
+        let until = Instant::now() + DEADLINE * 3;
+        loop {
+            let m = self.messages();
+            if done(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < until,
+                "{what}: not after {:?}; got {} messages, the last: {:?}",
+                DEADLINE * 3,
+                m.len(),
+                m.last()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        "blacklist:\n  - directory: INTERNAL\ntags:\n  qs_env: test\n  site: \"north, 1\"\nsinks:\n  mqtt:\n    enabled: true\n    url: \"{url}\"\n    client_id: whosin-test\n{extra}"
+    )
+}
+
+/// Extended-format datagrams stamped now (so the sessions do not expire).
+fn extended(kind: &str, seq: u64, rest: &str) -> String {
+    let now = jiff::Timestamp::now();
+    format!("/whosin-{kind}/;{now};{seq};{rest}")
+}
+
+#[test]
+fn payloads_topics_and_the_retained_state_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    let sub = Subscriber::connect(broker.port, "t-exact", false);
+    let d = Daemon::start(&config(&broker.url(), ""));
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    let lines = [
+        extended(
+            "session",
+            1,
+            &format!(
+                "sense-node1;Start session;LAB;anna;AppAccess;/hub/;abc123;Start session for user 'LAB\\anna' UserAgent: '{chrome}'"
+            ),
+        ),
+        extended(
+            "connection",
+            1,
+            "sense-node1;Open connection;LAB;anna;AppAccess;/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c;abc123;connection Opened \"x\"",
+        ),
+        extended(
+            "session",
+            2,
+            "sense-node1;Start session;CORP;Bob;AppAccess;/hub/;def456;Start session",
+        ),
+        extended(
+            "session",
+            3,
+            "sense-node1;Stop session;CORP;Bob;AppAccess;/hub/;def456;Stop session",
+        ),
+        // A service account, blacklisted: never published.
+        extended(
+            "session",
+            4,
+            "sense-node1;Start session;INTERNAL;sa_scheduler;AppAccess;/hub/;x;Start",
+        ),
+    ];
+    for l in &lines {
+        d.send(l.as_bytes());
+    }
+    let events = |m: &[Message]| {
+        m.iter()
+            .filter(|m| m.topic.starts_with("qliksense/userevent"))
+            .count()
+    };
+    let got = sub.wait("8 event messages", |m| events(m) >= 8);
+    // Every accepted event once to `all` and once to its command's topic.
+    let mut by_topic: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+    for m in got
+        .iter()
+        .filter(|m| m.topic.starts_with("qliksense/userevent"))
+    {
+        assert!(!m.retain, "events are not retained: {m:?}");
+        by_topic.entry(&m.topic).or_default().push(json(&m.payload));
+    }
+    let commands = |topic: &str| -> Vec<String> {
+        by_topic[topic]
+            .iter()
+            .map(|v| format!("{} {}", v["command"].as_str().unwrap(), v["userFull"]))
+            .collect()
+    };
+    assert_eq!(
+        commands("qliksense/userevent"),
+        [
+            "Start session \"LAB\\\\anna\"",
+            "Open connection \"LAB\\\\anna\"",
+            "Start session \"CORP\\\\Bob\"",
+            "Stop session \"CORP\\\\Bob\""
+        ]
+    );
+    assert_eq!(
+        commands("qliksense/userevent/session/start"),
+        [
+            "Start session \"LAB\\\\anna\"",
+            "Start session \"CORP\\\\Bob\""
+        ]
+    );
+    assert_eq!(
+        commands("qliksense/userevent/session/stop"),
+        ["Stop session \"CORP\\\\Bob\""]
+    );
+    assert_eq!(
+        commands("qliksense/userevent/connection/open"),
+        ["Open connection \"LAB\\\\anna\""]
+    );
+    assert!(!by_topic.contains_key("qliksense/userevent/connection/close"));
+
+    // The payload, field by field, against the journal's own view.
+    let api = d.json("/api/v1/events?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z");
+    let first = &api["events"][0];
+    let start = &by_topic["qliksense/userevent"][0];
+    let expected = serde_json::json!({
+        "messageType": "whosin-session",
+        "host": "sense-node1",
+        "command": "Start session",
+        "userDir": "LAB",
+        "userId": "anna",
+        "origin": "AppAccess",
+        "context": "/hub/",
+        "message": "Start session for user 'LAB\\anna' UserAgent: '".to_owned() + chrome + "'",
+        "tags": {"qs_env": "test", "site": "north, 1"},
+        "uaBrowserName": "Chrome",
+        "uaBrowserMajorVersion": "131",
+        "uaOsName": "Windows",
+        "uaOsVersion": "10",
+        "userFull": "LAB\\anna",
+        "seq": first["seq"],
+        "timestamp": start["timestamp"],
+    });
+    assert_eq!(start, &expected);
+    // The timestamp is the event time, with microseconds.
+    let ts = start["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), "2026-11-21T08:59:59.120000Z".len(), "{ts}");
+    assert_eq!(ts[..26], first["time"].as_str().unwrap()[..26]);
+    let open = &by_topic["qliksense/userevent"][1];
+    assert_eq!(open["appId"], "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c");
+    assert_eq!(open["messageType"], "whosin-connection");
+    assert_eq!(open["message"], "connection Opened \"x\"");
+    assert!(open.get("appName").is_none(), "no app names yet: {open}");
+    let seqs: Vec<u64> = by_topic["qliksense/userevent"]
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 4);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(
+        !got.iter()
+            .any(|m| m.payload.contains("sa_scheduler") && m.topic.contains("userevent")),
+        "the blacklisted account was published"
+    );
+
+    // The retained state topic matches the live state: anna is in, Bob left.
+    let state = |m: &[Message]| -> Option<serde_json::Value> {
+        m.iter()
+            .rev()
+            .find(|m| m.topic == "qliksense/sessions/sense-node1")
+            .map(|m| json(&m.payload))
+    };
+    let got = sub.wait("the state of sense-node1 after Bob left", |m| {
+        state(m).is_some_and(|s| s["sessions"] == 1 && s["connections"] == 1)
+    });
+    let s = state(&got).unwrap();
+    assert_eq!(s["users"], 1);
+    assert_eq!(s["userList"], serde_json::json!(["LAB\\anna"]));
+    assert_eq!(s["host"], "sense-node1");
+    assert_eq!(s["tags"]["qs_env"], "test");
+    let live = d.json("/api/v1/sessions?host=sense-node1");
+    assert_eq!(live["users"], s["users"]);
+    assert_eq!(
+        live["sessions"].as_array().unwrap().len() as u64,
+        s["sessions"].as_u64().unwrap()
+    );
+
+    // A subscriber that comes later gets the state at once: it is retained.
+    let late = Subscriber::connect(broker.port, "t-late", false);
+    let got = late.wait("the retained state", |m| {
+        m.iter()
+            .any(|m| m.topic == "qliksense/sessions/sense-node1")
+    });
+    let retained = got
+        .iter()
+        .find(|m| m.topic == "qliksense/sessions/sense-node1")
+        .unwrap();
+    assert!(retained.retain);
+    assert_eq!(json(&retained.payload)["userList"], s["userList"]);
+    assert!(
+        !got.iter()
+            .any(|m| m.topic.starts_with("qliksense/userevent")),
+        "events are not retained"
+    );
+    let m = d.metrics();
+    assert_eq!(
+        m.must("whosin_sink_events_written_total{sink=\"mqtt\"}"),
+        4.0
+    );
+    assert_eq!(m.must("whosin_sink_backlog_events{sink=\"mqtt\"}"), 0.0);
+    let ready = d.json("/readyz");
+    assert_eq!(ready["parts"]["sinks"]["mqtt"]["state"], "ok", "{ready}");
+    assert_eq!(ready["parts"]["sinks"]["influxdb"]["state"], "disabled");
+}
+
+#[test]
+fn null_topics_are_not_published_and_qos_0_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    let sub = Subscriber::connect(broker.port, "t-null", false);
+    let d = Daemon::start(&config(
+        &broker.url(),
+        "    qos: 0\n    topics:\n      all: null\n      session_start: qliksense/userevent/login\n      state: null\n",
+    ));
+    d.send_all(&[
+        "/qseow-proxy-session/;n1;Start session;LAB;anna;AppAccess;/hub/;Start",
+        "/qseow-proxy-connection/;n1;Open connection;LAB;anna;AppAccess;/app/x;Open",
+    ]);
+    d.wait_metric("whosin_sink_events_written_total{sink=\"mqtt\"}", 2.0);
+    let got = sub.wait("two messages", |m| m.len() >= 2);
+    let mut topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
+    topics.sort_unstable();
+    assert_eq!(
+        topics,
+        [
+            "qliksense/userevent/connection/open",
+            "qliksense/userevent/login"
+        ]
+    );
+    // No state topic either: a message after the first tick would show it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sub.messages().len(), 2, "{:?}", sub.messages());
+}
+
+/// Sends `n` events, a session start then connection opens, spread over the
+/// users, numbered from `from`; returns what was sent.
+fn traffic(d: &Daemon, from: usize, n: usize) {
+    for i in from..from + n {
+        let user = format!("user{}", i % 50);
+        let line = if i % 50 == i % 100 {
+            format!(
+                "/qseow-proxy-session/;sense-node1;Start session;LAB;{user};AppAccess;/hub/;Start {i}"
+            )
+        } else {
+            format!(
+                "/qseow-proxy-connection/;sense-node1;Open connection;LAB;{user};AppAccess;/app/{i};Open {i}"
+            )
+        };
+        d.send(line.as_bytes());
+        if i % 20 == 0 {
+            // A steady stream rather than one burst.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn accepted(d: &Daemon) -> BTreeSet<u64> {
+    let v = d.json("/api/v1/events?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=100000");
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_broker_restart_and_a_whosin_restart_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    // A persistent QoS 1 subscriber: its queue survives the broker's restart.
+    let sub = Subscriber::connect(broker.port, "t-persistent", true);
+    let mut d = Daemon::start(&config(&broker.url(), "    topics:\n      state: null\n"));
+    traffic(&d, 0, 300);
+    sub.wait("the first messages", |m| m.len() >= 300);
+
+    // The broker goes away mid-stream: events wait in the journal.
+    traffic(&d, 300, 100);
+    broker.stop();
+    traffic(&d, 400, 300);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let v = d.json("/readyz");
+        let mqtt = &v["parts"]["sinks"]["mqtt"];
+        if mqtt["state"] == "retrying" && mqtt["backlog"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "the outage never showed: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.run();
+    traffic(&d, 700, 100);
+
+    // whosin restarts mid-stream too.
+    let dir_whosin = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let config = d.config.clone();
+    assert!(d.terminate().success());
+    let d = Daemon::start_with(dir_whosin, config);
+    traffic(&d, 800, 200);
+    d.wait_metric("whosin_sink_backlog_events{sink=\"mqtt\"}", 0.0);
+
+    let want = accepted(&d);
+    assert!(
+        want.len() >= 900,
+        "most events were accepted: {}",
+        want.len()
+    );
+    let seqs = |m: &[Message], topic: &str| -> BTreeSet<u64> {
+        m.iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| json(&m.payload)["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let got = sub.wait("every accepted event on qliksense/userevent", |m| {
+        seqs(m, "qliksense/userevent") == want
+    });
+    // And each on its command's topic; redeliveries are byte-identical.
+    let starts = seqs(&got, "qliksense/userevent/session/start");
+    let opens = seqs(&got, "qliksense/userevent/connection/open");
+    assert_eq!(&starts | &opens, want);
+    assert!(starts.is_disjoint(&opens));
+    let mut first: BTreeMap<(String, u64), String> = BTreeMap::new();
+    for m in &got {
+        let seq = json(&m.payload)["seq"].as_u64().unwrap();
+        let earlier = first
+            .entry((m.topic.clone(), seq))
+            .or_insert_with(|| m.payload.clone());
+        assert_eq!(earlier, &m.payload, "a redelivery differs");
+    }
+}
