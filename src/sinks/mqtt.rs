@@ -44,8 +44,9 @@ const BATCH: usize = 500;
 /// Most host states published between two batches.
 const MAX_STATES_PER_ROUND: usize = 256;
 
-/// rumqttc's request channel holds a whole round, so publishing never waits.
-const CHANNEL: usize = 2 * BATCH + MAX_STATES_PER_ROUND + 16;
+/// rumqttc's request channel holds every batch in flight and a round of
+/// states, so publishing never waits.
+const CHANNEL: usize = PIPELINE * (2 * BATCH + MAX_STATES_PER_ROUND) + 16;
 
 /// How often an idle sink looks for new events in the journal.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -348,18 +349,6 @@ pub async fn run(
 }
 
 impl Sink {
-    async fn read(&self) -> Result<Vec<StoredEvent>, String> {
-        let r = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            r.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .next_batch(BATCH)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot read the journal: {e}"))
-    }
-
     async fn confirm(&self, seq: u64) {
         let r = self.reader.clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -408,6 +397,11 @@ impl Sink {
         })?;
         let url = self.settings.mqtt.url.clone();
         let (client, mut eventloop) = AsyncClient::new(options, CHANNEL);
+        let mut net = rumqttc::NetworkOptions::new();
+        // Acknowledgements are what the sink waits for: send at once.
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(10);
+        eventloop.set_network_options(net);
         loop {
             let ev = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
@@ -438,59 +432,59 @@ impl Sink {
         } else {
             tracing::info!("mqtt: connected to {url}");
         }
+        let lost = |e: rumqttc::ConnectionError| Failure {
+            connected: true,
+            error: format!("lost the connection to {url}: {e}"),
+        };
         let mut feed_rx = self.feed.as_ref().map(|f| f.subscribe());
         let mut published: HashMap<String, HostSnapshot> = HashMap::new();
-        // Messages handed to the client and acknowledged, on this connection.
-        let (mut sent, mut acked) = (0u64, 0u64);
-        let mut batch: Option<(u64, usize)> = None;
+        let mut flight = InFlight::default();
+        // Where the next read starts: batches are read ahead of what the
+        // broker has acknowledged, so reading overlaps with waiting.
+        let mut read_from = {
+            let r = self.reader.clone();
+            tokio::task::spawn_blocking(move || {
+                r.lock().unwrap_or_else(|p| p.into_inner()).cursor()
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.map_err(|e| e.to_string()))
+            .map_err(|e| Failure {
+                connected: true,
+                error: format!("cannot read the journal: {e}"),
+            })?
+        };
+        let mut reading: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, String>>> = None;
         let mut idle_until: Option<tokio::time::Instant> = None;
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
-            if batch.is_none() && idle_until.is_none() && stopping.is_none() {
-                sent += self.publish_states(&client, &mut published);
-                let events = match self.read().await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!("mqtt: {e}");
-                        Vec::new()
-                    }
-                };
-                match events.last() {
-                    None => idle_until = Some(tokio::time::Instant::now() + IDLE_POLL),
-                    Some(last) => {
-                        for ev in &events {
-                            let body = payload(ev, &self.tags);
-                            for topic in topics(ev, &self.settings.mqtt.topics) {
-                                // The channel holds a whole batch: this cannot be full.
-                                if let Err(e) =
-                                    client.try_publish(topic, self.qos, false, body.clone())
-                                {
-                                    return Err(Failure {
-                                        connected: true,
-                                        error: format!("cannot queue a message: {e}"),
-                                    });
-                                }
-                                sent += 1;
-                            }
-                        }
-                        batch = Some((last.seq, events.len()));
-                    }
-                }
-            }
-            if acked >= sent
-                && let Some((last, n)) = batch.take()
+            if reading.is_none()
+                && idle_until.is_none()
+                && stopping.is_none()
+                && flight.batches.len() < PIPELINE
             {
+                for _ in 0..self.publish_states(&client, &mut published) {
+                    flight.queue(None);
+                }
+                let r = self.reader.clone();
+                let from = read_from;
+                reading = Some(tokio::task::spawn_blocking(move || {
+                    r.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .batch_after(from, BATCH)
+                        .map_err(|e| format!("cannot read the journal: {e}"))
+                }));
+            }
+            if let Some(last) = flight.confirmable() {
+                let n = flight.take_confirmed();
                 self.confirm(last).await;
-                self.written.inc_by(n as u64);
+                self.written.inc_by(n);
             }
             if let Some(deadline) = stopping
-                && (acked >= sent || tokio::time::Instant::now() >= deadline)
+                && (flight.is_empty() || tokio::time::Instant::now() >= deadline)
             {
                 let _ = client.try_disconnect();
                 return Ok(());
-            }
-            if batch.is_none() && idle_until.is_none() && stopping.is_none() {
-                continue;
             }
             let idle = idle_until.unwrap_or_else(tokio::time::Instant::now);
             let drain = stopping.unwrap_or_else(tokio::time::Instant::now);
@@ -501,20 +495,47 @@ impl Sink {
                     stopping = Some(tokio::time::Instant::now() + DRAIN);
                 }
                 () = tokio::time::sleep_until(drain), if stopping.is_some() => {}
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::PubAck(_))) if self.qos == QoS::AtLeastOnce => acked += 1,
-                    Ok(Event::Incoming(Packet::PubComp(_))) if self.qos == QoS::ExactlyOnce => acked += 1,
-                    Ok(Event::Outgoing(Outgoing::Publish(_))) if self.qos == QoS::AtMostOnce => acked += 1,
-                    Ok(_) => {}
-                    Err(e) => {
-                        if stopping.is_some() {
-                            return Ok(());
+                read = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                    reading = None;
+                    let events = match read {
+                        Ok(Ok(e)) => e,
+                        Ok(Err(e)) => {
+                            tracing::warn!("mqtt: {e}");
+                            Vec::new()
                         }
-                        return Err(Failure {
-                            connected: true,
-                            error: format!("lost the connection to {url}: {e}"),
-                        });
+                        Err(e) => return Err(Failure { connected: true, error: e.to_string() }),
+                    };
+                    let Some(last) = events.last().map(|e| e.seq) else {
+                        idle_until = Some(tokio::time::Instant::now() + IDLE_POLL);
+                        continue;
+                    };
+                    let id = flight.open(last, events.len() as u64);
+                    for ev in &events {
+                        let body = payload(ev, &self.tags);
+                        for topic in topics(ev, &self.settings.mqtt.topics) {
+                            // The channel holds PIPELINE batches: never full.
+                            client
+                                .try_publish(topic, self.qos, false, body.clone())
+                                .map_err(|e| Failure {
+                                    connected: true,
+                                    error: format!("cannot queue a message: {e}"),
+                                })?;
+                            flight.queue(Some(id));
+                        }
                     }
+                    read_from = last;
+                }
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flight.sent(pkid, self.qos),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) if self.qos == QoS::AtLeastOnce => {
+                        flight.acked(ack.pkid);
+                    }
+                    Ok(Event::Incoming(Packet::PubComp(ack))) if self.qos == QoS::ExactlyOnce => {
+                        flight.acked(ack.pkid);
+                    }
+                    Ok(_) => {}
+                    Err(_) if stopping.is_some() => return Ok(()),
+                    Err(e) => return Err(lost(e)),
                 },
                 () = tokio::time::sleep_until(idle), if idle_until.is_some() => idle_until = None,
                 _ = async { feed_rx.as_mut().expect("guarded").changed().await }, if idle_until.is_some() && feed_rx.is_some() => {
@@ -522,6 +543,114 @@ impl Sink {
                 }
             }
         }
+    }
+}
+
+/// Batches read ahead of the cursor.
+const PIPELINE: usize = 3;
+
+/// What this connection has handed to the client and what the broker has
+/// acknowledged, by packet id: a batch is done when every message of it is
+/// sent and acknowledged, and the cursor moves over done batches in order.
+#[derive(Default)]
+struct InFlight {
+    /// Open batches, oldest first.
+    batches: std::collections::VecDeque<Batch>,
+    next_id: u64,
+    /// The batch of each message handed to the client and not yet sent, in
+    /// order (the client sends in order); `None` for state messages.
+    queued: std::collections::VecDeque<Option<u64>>,
+    /// The batch of each sent message awaiting its acknowledgement.
+    by_pkid: HashMap<u16, Option<u64>>,
+    /// Done batches not yet confirmed: last seq and events.
+    done: Option<(u64, u64)>,
+}
+
+struct Batch {
+    id: u64,
+    last: u64,
+    events: u64,
+    unsent: u64,
+    unacked: u64,
+}
+
+impl InFlight {
+    fn open(&mut self, last: u64, events: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.batches.push_back(Batch {
+            id,
+            last,
+            events,
+            unsent: 0,
+            unacked: 0,
+        });
+        id
+    }
+
+    fn batch(&mut self, id: Option<u64>) -> Option<&mut Batch> {
+        let id = id?;
+        let first = self.batches.front()?.id;
+        self.batches.get_mut(id.checked_sub(first)? as usize)
+    }
+
+    /// A message of `batch` was handed to the client.
+    fn queue(&mut self, batch: Option<u64>) {
+        if let Some(b) = self.batch(batch) {
+            b.unsent += 1;
+        }
+        self.queued.push_back(batch);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.done.is_none()
+    }
+
+    /// The client sent the next queued message as `pkid`.
+    fn sent(&mut self, pkid: u16, qos: QoS) {
+        let Some(batch) = self.queued.pop_front() else {
+            return;
+        };
+        // QoS 0 has no acknowledgement: sent is delivered.
+        let acked = qos == QoS::AtMostOnce;
+        if let Some(b) = self.batch(batch) {
+            b.unsent -= 1;
+            if !acked {
+                b.unacked += 1;
+            }
+        }
+        if !acked {
+            self.by_pkid.insert(pkid, batch);
+        }
+    }
+
+    /// The broker acknowledged `pkid`.
+    fn acked(&mut self, pkid: u16) {
+        if let Some(batch) = self.by_pkid.remove(&pkid)
+            && let Some(b) = self.batch(batch)
+        {
+            b.unacked = b.unacked.saturating_sub(1);
+        }
+    }
+
+    /// The seq the cursor can move to, if batches are done (the oldest open
+    /// ones with nothing left to send or acknowledge).
+    fn confirmable(&mut self) -> Option<u64> {
+        while let Some(b) = self.batches.front() {
+            if b.unsent > 0 || b.unacked > 0 {
+                break;
+            }
+            let (last, events) = (b.last, b.events);
+            self.batches.pop_front();
+            let (_, n) = self.done.unwrap_or((0, 0));
+            self.done = Some((last, n + events));
+        }
+        self.done.map(|(last, _)| last)
+    }
+
+    /// Takes the done batches' event count, once confirmed.
+    fn take_confirmed(&mut self) -> u64 {
+        self.done.take().map_or(0, |(_, n)| n)
     }
 }
 
@@ -603,6 +732,56 @@ mod tests {
         );
         t.connection_open = None;
         assert_eq!(topics(&ev, &t).count(), 0);
+    }
+
+    #[test]
+    fn the_cursor_moves_only_over_batches_sent_and_acknowledged_in_full() {
+        let mut f = InFlight::default();
+        let a = f.open(10, 5);
+        f.queue(Some(a));
+        f.queue(None); // a state message between the batches
+        let b = f.open(20, 10);
+        f.queue(Some(b));
+        f.queue(Some(b));
+        assert_eq!(f.confirmable(), None);
+        f.sent(1, QoS::AtLeastOnce);
+        f.sent(2, QoS::AtLeastOnce);
+        f.sent(3, QoS::AtLeastOnce);
+        f.sent(4, QoS::AtLeastOnce);
+        // Acknowledgements out of order: b's first, then the state's.
+        f.acked(3);
+        f.acked(4);
+        f.acked(2);
+        assert_eq!(f.confirmable(), None, "a is not acknowledged yet");
+        f.acked(1);
+        assert_eq!(f.confirmable(), Some(20));
+        assert_eq!(f.take_confirmed(), 15);
+        assert!(f.is_empty());
+        // An unknown or repeated acknowledgement changes nothing.
+        let c = f.open(30, 1);
+        f.queue(Some(c));
+        f.acked(1);
+        assert_eq!(f.confirmable(), None, "c is not even sent");
+        f.sent(5, QoS::AtLeastOnce);
+        assert_eq!(f.confirmable(), None);
+        f.acked(5);
+        assert_eq!(f.confirmable(), Some(30));
+    }
+
+    #[test]
+    fn at_qos_0_sent_is_delivered() {
+        let mut f = InFlight::default();
+        let a = f.open(7, 2);
+        f.queue(Some(a));
+        f.queue(Some(a));
+        f.sent(0, QoS::AtMostOnce);
+        assert_eq!(f.confirmable(), None);
+        f.sent(0, QoS::AtMostOnce);
+        assert_eq!(f.confirmable(), Some(7));
+        // A batch whose events go to no topic is done at once.
+        f.take_confirmed();
+        f.open(9, 3);
+        assert_eq!(f.confirmable(), Some(9));
     }
 
     #[test]
