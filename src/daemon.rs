@@ -245,6 +245,12 @@ fn start_watch(
             ("udp", current.udp != new.udp),
             ("http", current.http != new.http),
             ("data_dir", current.data_dir != new.data_dir),
+            ("retention", current.retention != new.retention),
+            ("journal", current.journal != new.journal),
+            (
+                "sinks.prometheus",
+                current.sinks.prometheus != new.sinks.prometheus,
+            ),
         ] {
             if changed {
                 tracing::warn!("{key} changed in {shown}: restart whosin to apply it");

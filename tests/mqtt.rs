@@ -509,3 +509,174 @@ fn a_broker_restart_and_a_whosin_restart_lose_nothing() {
         assert_eq!(earlier, &m.payload, "a redelivery differs");
     }
 }
+
+#[test]
+fn qos_2_is_confirmed_by_pubcomp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    let sub = Subscriber::connect(broker.port, "t-qos2", false);
+    let d = Daemon::start(&config(&broker.url(), "    qos: 2\n"));
+    d.send_all(&[
+        "/qseow-proxy-session/;n1;Start session;LAB;anna;AppAccess;/hub/;Start",
+        "/qseow-proxy-connection/;n1;Open connection;LAB;anna;AppAccess;/app/x;Open",
+        "/qseow-proxy-connection/;n1;Close connection;LAB;anna;AppAccess;/app/x;Close",
+    ]);
+    d.wait_metric("whosin_sink_events_written_total{sink=\"mqtt\"}", 3.0);
+    sub.wait("six event messages", |m| {
+        m.iter()
+            .filter(|m| m.topic.starts_with("qliksense/userevent"))
+            .count()
+            == 6
+    });
+    assert_eq!(
+        d.metrics()
+            .must("whosin_sink_backlog_events{sink=\"mqtt\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn changed_sink_settings_apply_without_a_restart_and_without_resending() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    let sub = Subscriber::connect(broker.port, "t-reload", false);
+    let d = Daemon::start(&config(&broker.url(), "    topics:\n      state: null\n"));
+    let start = |i: usize| {
+        format!("/qseow-proxy-session/;n1;Start session;LAB;user{i};AppAccess;/hub/;Start")
+    };
+    d.send(start(0).as_bytes());
+    d.wait_metric("whosin_sink_events_written_total{sink=\"mqtt\"}", 1.0);
+
+    // New tags and a new `all` topic, saved while whosin runs.
+    let yaml = std::fs::read_to_string(&d.config).unwrap();
+    let changed = yaml.replace("qs_env: test", "qs_env: changed").replace(
+        "    topics:\n      state: null\n",
+        "    topics:\n      all: qliksense/everything\n      state: null\n",
+    );
+    assert_ne!(yaml, changed);
+    let tmp = d.config.with_extension("tmp");
+    std::fs::write(&tmp, &changed).unwrap();
+    std::fs::rename(&tmp, &d.config).unwrap();
+    d.wait_metric("whosin_config_reloads_total{result=\"applied\"}", 1.0);
+
+    // The sink restarts with the new settings; until it has, an event may
+    // still go out the old way, so send until one arrives the new way.
+    let until = Instant::now() + DEADLINE;
+    let mut i = 1;
+    loop {
+        d.send(start(i).as_bytes());
+        let got = sub.wait(&format!("user{i}'s event"), |m| {
+            m.iter().any(|m| {
+                m.topic.ends_with("/userevent") || m.topic.ends_with("/everything")
+            } && m.payload.contains(&format!("user{i}\"")))
+        });
+        let m = got
+            .iter()
+            .rev()
+            .find(|m| m.payload.contains(&format!("user{i}\"")) && !m.topic.ends_with("/start"))
+            .unwrap();
+        if m.topic == "qliksense/everything" {
+            assert_eq!(json(&m.payload)["tags"]["qs_env"], "changed");
+            break;
+        }
+        assert!(Instant::now() < until, "the new settings never applied");
+        i += 1;
+    }
+    // The restart began at the cursor: nothing was published twice.
+    let got = sub.messages();
+    let mut seen = BTreeSet::new();
+    for m in got.iter().filter(|m| m.topic.ends_with("/start")) {
+        let seq = json(&m.payload)["seq"].as_u64().unwrap();
+        assert!(seen.insert(seq), "seq {seq} published twice: {got:?}");
+    }
+}
+
+/// A CA, a broker certificate for 127.0.0.1 and a client certificate, in PEM
+/// files under `dir`: (ca, server cert, server key, client cert, client key).
+fn certificates(dir: &Path) -> [PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "whosin test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client.distinguished_name.push(DnType::CommonName, "whosin");
+    let client = client.signed_by(&client_key, &issuer).unwrap();
+    let files = [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    })
+}
+
+#[test]
+fn mqtts_with_a_private_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    // A second listener on TLS that requires a client certificate.
+    let [ca, cert, key, client_cert, client_key] = certificates(dir.path());
+    let tls_port = free_port();
+    broker.stop();
+    let mut conf = std::fs::read_to_string(&broker.config).unwrap();
+    conf.push_str(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&broker.config, conf).unwrap();
+    broker.run();
+    let sub = Subscriber::connect(broker.port, "t-tls", false);
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let d = Daemon::start(&config(
+        &url,
+        &format!(
+            "    ca_file: \"{}\"\n    client_cert: \"{}\"\n    client_key: \"{}\"\n",
+            ca.display(),
+            client_cert.display(),
+            client_key.display()
+        ),
+    ));
+    d.send(b"/qseow-proxy-session/;n1;Start session;LAB;anna;AppAccess;/hub/;Start");
+    d.wait_metric("whosin_sink_events_written_total{sink=\"mqtt\"}", 1.0);
+    sub.wait("the event, published over TLS", |m| {
+        m.iter().any(|m| m.topic == "qliksense/userevent")
+    });
+
+    // Without the client certificate the broker refuses, and /readyz says so.
+    let d = Daemon::start(&config(
+        &url,
+        &format!("    ca_file: \"{}\"\n", ca.display()),
+    ));
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let v = d.json("/readyz");
+        if v["parts"]["sinks"]["mqtt"]["state"] == "retrying" {
+            break;
+        }
+        assert!(Instant::now() < until, "no failure shown: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -52,7 +52,7 @@ const CHANNEL: usize = PIPELINE * (2 * BATCH + MAX_STATES_PER_ROUND) + 16;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Longest wait between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// On shutdown, how long to wait for the acknowledgements of what was sent.
 const DRAIN: Duration = Duration::from_secs(2);

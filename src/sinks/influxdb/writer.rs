@@ -22,7 +22,7 @@ use crate::sessions::journal::SinkReader;
 pub const SINK: &str = "influxdb";
 
 /// Longest wait between two attempts while InfluxDB is failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Why a write failed, and whether trying the same batch again can help.
 #[derive(Debug)]
