@@ -680,3 +680,65 @@ fn mqtts_with_a_private_ca_and_a_client_certificate() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_broker_with_passwords_takes_the_configured_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    let passwd = common::tool("mosquitto_passwd", "mosquitto").unwrap();
+    let file = dir.path().join("passwords");
+    let ok = Command::new(passwd)
+        .args(["-c", "-b"])
+        .arg(&file)
+        .args(["whosin", "s3cret; with spaces"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mosquitto_passwd failed");
+    broker.stop();
+    let conf = std::fs::read_to_string(&broker.config)
+        .unwrap()
+        .replace("allow_anonymous true", "allow_anonymous false")
+        + &format!("password_file {}\n", file.display());
+    std::fs::write(&broker.config, conf).unwrap();
+    broker.run();
+
+    // Wrong password: refused, shown, retried.
+    let wrong = Daemon::start(&config(
+        &broker.url(),
+        "    username: whosin\n    password: wrong\n",
+    ));
+    wrong.send(b"/qseow-proxy-session/;n1;Start session;LAB;anna;AppAccess;/hub/;Start");
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let v = wrong.json("/readyz");
+        let mqtt = &v["parts"]["sinks"]["mqtt"];
+        if mqtt["state"] == "retrying" {
+            assert!(
+                mqtt["detail"].as_str().unwrap().contains("refused"),
+                "{mqtt}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "no failure shown: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        wrong
+            .metrics()
+            .must("whosin_sink_events_written_total{sink=\"mqtt\"}"),
+        0.0
+    );
+
+    drop(wrong);
+
+    // The right one: delivered.
+    let d = Daemon::start(&config(
+        &broker.url(),
+        "    username: whosin\n    password: \"s3cret; with spaces\"\n",
+    ));
+    d.send(b"/qseow-proxy-session/;n1;Start session;LAB;anna;AppAccess;/hub/;Start");
+    d.wait_metric("whosin_sink_events_written_total{sink=\"mqtt\"}", 1.0);
+}

@@ -683,6 +683,42 @@ sinks:
     }
 
     #[test]
+    fn mqtt_tls_files_are_checked() {
+        let got = problems(
+            r#"
+sinks:
+  mqtt:
+    enabled: true
+    url: "mqtt://broker"
+    keepalive: "0s"
+    ca_file: /etc/hostname
+    client_cert: /etc/hostname
+    topics:
+      state: "qliksense/+"
+"#,
+        );
+        for want in [
+            "sinks.mqtt.keepalive: must be at least 1s",
+            "sinks.mqtt.ca_file: is only used with an mqtts:// url",
+            "sinks.mqtt.client_key: client_cert and client_key go together",
+            "sinks.mqtt.topics.state:",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "missing {want:?} in {got:#?}"
+            );
+        }
+        let got = problems(
+            "sinks:\n  mqtt:\n    enabled: true\n    url: \"mqtts://broker\"\n    ca_file: /nonexistent/ca.pem\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("sinks.mqtt.ca_file: cannot read /nonexistent/ca.pem")),
+            "{got:#?}"
+        );
+    }
+
+    #[test]
     fn environment_references_are_replaced_or_named() {
         let env = |n: &str| (n == "TOKEN").then(|| "s3cret".to_owned());
         let c = load_str("http:\n  auth_token: \"Bearer-${TOKEN}\"\n", &env).unwrap();
