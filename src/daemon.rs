@@ -156,7 +156,8 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         recovered,
         jtx,
     );
-    core.set_feed(feed);
+    core.set_feed(feed.clone());
+    let stop_http = tokio_util::sync::CancellationToken::new();
     let core_thread = sessions::spawn(core, rx)?;
     let stop = Arc::new(AtomicBool::new(false));
     let ingest_thread = ingest::spawn(
@@ -177,6 +178,9 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         core: tx.clone(),
         journal_path,
         auth_token: config.http.auth_token.as_deref().map(Arc::from),
+        feed: feed.clone(),
+        stop: stop_http.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(crate::http::stream::MAX_STREAMS)),
     });
     let _watch = match source {
         config::Source::File(path) => start_watch(
@@ -195,8 +199,13 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         "whosin: listening for Qlik user events on udp {udp_addr}; page, API and /metrics on http://{http_addr}"
     );
 
+    let ending = stop_http.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Open event streams end, or the server would wait for them.
+            ending.cancel();
+        })
         .await
         .context("HTTP server failed")?;
 

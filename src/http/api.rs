@@ -49,6 +49,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 400 with `{"error": msg}`.
+pub fn bad_request(msg: &str) -> Response {
+    ApiError::bad(msg).into_response()
+}
+
 type Params = Query<HashMap<String, String>>;
 
 fn time_param(p: &HashMap<String, String>, name: &str) -> Result<Option<Timestamp>, ApiError> {

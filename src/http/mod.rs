@@ -1,6 +1,7 @@
 //! The HTTP server: the JSON API, `/metrics`, `/healthz`, `/readyz`.
 
 pub mod api;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +64,12 @@ pub struct AppState {
     pub journal_path: PathBuf,
     /// `http.auth_token`.
     pub auth_token: Option<Arc<str>>,
+    /// Every host's live counts and users, for `/api/v1/stream`.
+    pub feed: Arc<crate::sessions::feed::Feed>,
+    /// Cancelled on shutdown, so that open streams end and the server can stop.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Limits open streams to [`stream::MAX_STREAMS`].
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router with every route.
@@ -71,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/concurrency", get(api::concurrency))
+        .route("/api/v1/stream", get(stream::stream))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_token,
