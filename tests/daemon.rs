@@ -191,9 +191,14 @@ fn readiness_names_each_part() {
     assert!(v["parts"]["sinks"].is_object());
     let (code, _) = d.get("/healthz");
     assert_eq!(code, 200);
+    // The page and its assets come from the binary itself.
     let (code, body) = d.get("/");
     assert_eq!(code, 200);
-    assert!(body.contains("/api/v1/sessions") && body.contains("/metrics"));
+    assert!(body.contains("who is logged in") && body.contains("/assets/page.js"));
+    let (code, js) = d.get("/assets/page.js");
+    assert_eq!(code, 200);
+    assert!(js.contains("/api/v1/stream"));
+    assert_eq!(d.get("/assets/page.css").0, 200);
 }
 
 #[test]

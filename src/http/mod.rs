@@ -86,6 +86,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/", get(index))
+        .route("/assets/page.js", get(page_js))
+        .route("/assets/page.css", get(page_css))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -110,18 +112,34 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Until the live page exists: where everything is.
-async fn index() -> Response {
-    axum::response::Html(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>whosin</title></head>\
-         <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto\">\
-         <h1>whosin</h1><p>Who is logged in to Qlik Sense.</p><ul>\
-         <li><a href=\"/api/v1/sessions\">/api/v1/sessions</a>: who is in now (<code>?at=</code> for the past)</li>\
-         <li><a href=\"/metrics\">/metrics</a>: Prometheus</li>\
-         <li><a href=\"/readyz\">/readyz</a>: readiness</li></ul>\
-         <p>On a shell: <code>whosin who</code>.</p></body></html>",
+/// The live page and its two assets, built into the binary: no CDN, no
+/// external fonts, nothing fetched from anywhere but whosin.
+const PAGE_HTML: &str = include_str!("../../assets/page/index.html");
+const PAGE_JS: &str = include_str!("../../assets/page/page.js");
+const PAGE_CSS: &str = include_str!("../../assets/page/page.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Small, and they change with the binary: always ask.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
     )
-    .into_response()
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", PAGE_HTML)
+}
+
+async fn page_js() -> Response {
+    asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+async fn page_css() -> Response {
+    asset("text/css; charset=utf-8", PAGE_CSS)
 }
 
 async fn healthz() -> Response {
