@@ -496,6 +496,19 @@ fn the_stream_carries_events_and_state_and_resumes_after_the_last_id() {
     });
     assert_eq!(state["sessions"], 1);
 
+    // `?recent=N` begins with the last N events.
+    let mut s = Stream::open(&d, "/api/v1/stream?recent=2&access_token=t0k", "");
+    let (_, e1) = s.until("event", |_| true);
+    let (_, e2) = s.until("event", |_| true);
+    assert_eq!(
+        (e1["seq"].as_u64(), e2["seq"].as_u64()),
+        (Some(first + 1), Some(first + 2))
+    );
+    assert_eq!(
+        Stream::open(&d, "/api/v1/stream?recent=5000&access_token=t0k", "").status,
+        400
+    );
+
     // A bad resume point is refused; an open stream does not hold up shutdown.
     assert_eq!(
         Stream::open(&d, "/api/v1/stream?after=x&access_token=t0k", "").status,

@@ -222,7 +222,9 @@ function setStatus(text, cls) {
 
 function connect() {
   if (page.source) page.source.close();
-  const q = page.token ? '?access_token=' + encodeURIComponent(page.token) : '';
+  // The last events fill the ticker; on a reconnect the browser resumes
+  // after the last event it saw (Last-Event-ID), which takes precedence.
+  const q = '?recent=30' + (page.token ? '&access_token=' + encodeURIComponent(page.token) : '');
   const source = new EventSource('/api/v1/stream' + q);
   page.source = source;
   source.onopen = () => setStatus(page.at === null ? 'live' : 'live (showing the past)', 'live');

@@ -31,6 +31,17 @@ use crate::sessions::journal;
 /// Most streams open at once; more are refused with 503.
 pub const MAX_STREAMS: usize = 64;
 
+/// Most past events `?recent=` replays.
+const MAX_RECENT: u64 = 1000;
+
+/// Where a stream begins.
+enum Start {
+    /// After this sequence number (`u64::MAX`: with what comes next).
+    After(u64),
+    /// With the last so many events.
+    Recent(u64),
+}
+
 /// How often the journal is looked at for new events.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -42,7 +53,8 @@ const BUFFER: usize = 256;
 
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
-/// `GET /api/v1/stream[?after=SEQ]`; `Last-Event-ID` also sets where to resume.
+/// `GET /api/v1/stream[?after=SEQ | ?recent=N]`; `Last-Event-ID` also sets
+/// where to resume, before either.
 pub async fn stream(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -59,8 +71,16 @@ pub async fn stream(
                 "after / Last-Event-ID: not a sequence number (the id of an event)",
             );
         }
-        Some(Ok(seq)) => Some(seq),
-        None => None,
+        Some(Ok(seq)) => Start::After(seq),
+        None => match p.get("recent").map(|v| v.trim().parse::<u64>()) {
+            None => Start::After(u64::MAX),
+            Some(Ok(n)) if n <= MAX_RECENT => Start::Recent(n),
+            Some(_) => {
+                return super::api::bad_request(&format!(
+                    "recent: a number of events from 0 to {MAX_RECENT}"
+                ));
+            }
+        },
     };
     let Ok(permit) = s.streams.clone().try_acquire_owned() else {
         return (
@@ -92,7 +112,7 @@ fn state_event(host: &str, snap: &HostSnapshot, at: jiff::Timestamp) -> Event {
 }
 
 /// Feeds one client until it goes away or whosin stops.
-async fn pump(s: AppState, tx: Tx, resume: Option<u64>) {
+async fn pump(s: AppState, tx: Tx, start: Start) {
     let path = s.journal_path.clone();
     let conn = tokio::task::spawn_blocking(move || journal::open_reader(&path)).await;
     let Ok(Ok(conn)) = conn else {
@@ -104,17 +124,21 @@ async fn pump(s: AppState, tx: Tx, resume: Option<u64>) {
         return;
     };
     let conn = Arc::new(std::sync::Mutex::new(conn));
-    let mut after = match resume {
-        Some(seq) => seq,
-        None => {
+    let mut after = match start {
+        Start::After(seq) if seq != u64::MAX => seq,
+        Start::After(_) | Start::Recent(_) => {
             let c = conn.clone();
             let max = tokio::task::spawn_blocking(move || {
                 journal::max_seq(&c.lock().unwrap_or_else(|p| p.into_inner()))
             })
             .await;
-            match max {
+            let max = match max {
                 Ok(Ok(m)) => m,
                 _ => 0,
+            };
+            match start {
+                Start::Recent(n) => max.saturating_sub(n),
+                Start::After(_) => max,
             }
         }
     };

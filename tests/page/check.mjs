@@ -66,6 +66,8 @@ try {
 
   // Who is in, per host; the blacklisted account never shows.
   await rowsBecome(page, want.now, 'at first');
+  // The ticker begins with the latest events, from before the page opened.
+  await page.waitForFunction(() => [...document.querySelectorAll('#ticker li')].some((li) => li.textContent.includes('LAB\\carl signed in') || li.textContent.includes('CORP\\carl signed in')), null, { timeout: TIMEOUT });
   await page.waitForFunction(() => document.querySelector('#status').textContent === 'live', null, { timeout: TIMEOUT });
   const cards = await page.$$eval('#hosts .host', (hs) => Object.fromEntries(hs.map((h) => [h.dataset.host,
     Number(h.querySelector('[data-count=sessions]').textContent)])));
