@@ -11,6 +11,7 @@ pub mod event;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod qlik;
 pub mod sessions;
 pub mod simulate;
 pub mod sinks;

@@ -49,6 +49,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = whosin::who::Sort::Host)]
         sort: whosin::who::Sort,
     },
+    /// The Qlik proxy service's own sessions: list them, end them (needs `qlik:`).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCmd,
+    },
     /// Send realistic Qlik proxy traffic to a whosin (or Butler SOS).
     Simulate {
         /// Where to send the datagrams.
@@ -75,6 +80,44 @@ enum Cmd {
         /// Write a JSON report (what was sent, what whosin should show) to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCmd {
+    /// List the sessions the proxies hold (like Ctrl-Q's session-get).
+    List {
+        /// Only this proxy (its host, first DNS label or node_name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only these virtual proxies ("" is the default one) [default: those in the config].
+        #[arg(long = "virtual-proxy")]
+        virtual_proxy: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = whosin::qlik::cli::Format::Table)]
+        format: whosin::qlik::cli::Format,
+        /// Table order.
+        #[arg(long, value_enum, default_value_t = whosin::qlik::cli::Sort::Host)]
+        sort: whosin::qlik::cli::Sort,
+    },
+    /// End sessions (like Ctrl-Q's session-delete): by id, by user, or all on
+    /// a virtual proxy after a confirmation.
+    End {
+        /// The proxy.
+        #[arg(long)]
+        host: String,
+        /// The virtual proxy ("" is the default one).
+        #[arg(long = "virtual-proxy")]
+        virtual_proxy: String,
+        /// A session id to end (repeatable).
+        #[arg(long = "session-id", conflicts_with = "user")]
+        session_id: Vec<String>,
+        /// End every session of this user, written DIRECTORY\userid.
+        #[arg(long)]
+        user: Option<String>,
+        /// Do not ask before ending all sessions of the virtual proxy.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -151,6 +194,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Sessions { command } => sessions(&source, command),
         Cmd::Simulate {
             target,
             users,
@@ -212,6 +256,79 @@ fn resolve(target: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|e| format!("not a host:port ({e})"))?
         .next()
         .ok_or_else(|| "resolves to no address".to_owned())
+}
+
+fn sessions(source: &whosin::config::Source, command: SessionsCmd) -> ExitCode {
+    use whosin::qlik::cli::{self, Failure, Target};
+    let config = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "whosin: {source} is not usable:\n  {}",
+                e.lines().join("\n  ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match command {
+        SessionsCmd::List {
+            host,
+            virtual_proxy,
+            format,
+            sort,
+        } => cli::list(
+            &config,
+            host.as_deref(),
+            &virtual_proxy,
+            format,
+            sort,
+            &mut out,
+        ),
+        SessionsCmd::End {
+            host,
+            virtual_proxy,
+            session_id,
+            user,
+            yes,
+        } => {
+            let target = match user {
+                Some(u) => match u.split_once('\\') {
+                    Some((dir, id)) if !dir.is_empty() && !id.is_empty() => {
+                        Target::User(dir.to_owned(), id.to_owned())
+                    }
+                    _ => {
+                        eprintln!("whosin: --user {u:?}: write it as DIRECTORY\\userid");
+                        return ExitCode::from(2);
+                    }
+                },
+                None if !session_id.is_empty() => Target::Sessions(session_id),
+                None => Target::All,
+            };
+            let stdin = std::io::stdin();
+            cli::end(
+                &config,
+                &host,
+                &virtual_proxy,
+                target,
+                yes,
+                &mut stdin.lock(),
+                &mut out,
+            )
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("whosin: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("whosin: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn check_config(source: &whosin::config::Source) -> ExitCode {
