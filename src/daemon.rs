@@ -180,7 +180,9 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         auth_token: config.http.auth_token.as_deref().map(Arc::from),
         feed: feed.clone(),
         stop: stop_http.clone(),
-        streams: Arc::new(tokio::sync::Semaphore::new(crate::http::stream::MAX_STREAMS)),
+        streams: Arc::new(tokio::sync::Semaphore::new(
+            crate::http::stream::MAX_STREAMS,
+        )),
     });
     let _watch = match source {
         config::Source::File(path) => start_watch(
