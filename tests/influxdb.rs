@@ -4,134 +4,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Daemon, http_get, which};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real influxd with its own folders and ports, killed when dropped.
-struct Influx {
-    child: Option<Child>,
-    config: PathBuf,
-    port: u16,
-}
-
-impl Influx {
-    fn start(dir: &Path) -> Option<Influx> {
-        let bin = common::tool("influxd", "influxdb")?;
-        let port = free_port();
-        let config = dir.join("influxdb.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n[monitor]\n  store-enabled = false\n",
-                rpc = free_port(),
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let mut i = Influx {
-            child: None,
-            config,
-            port,
-        };
-        i.run(&bin);
-        Some(i)
-    }
-
-    fn run(&mut self, bin: &Path) {
-        let child = Command::new(bin)
-            .args(["-config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("influxd starts");
-        self.child = Some(child);
-        let until = Instant::now() + DEADLINE;
-        while Instant::now() < until {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && http_get(format!("127.0.0.1:{}", self.port).parse().unwrap(), "/ping").0 == 204
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("influxd did not answer /ping");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn query(&self, q: &str) -> serde_json::Value {
-        let path = format!("/query?db=senseops&q={}", urlencode(q));
-        let (code, body) = http_get(format!("127.0.0.1:{}", self.port).parse().unwrap(), &path);
-        assert_eq!(code, 200, "{q}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn create_db(&self) {
-        // CREATE DATABASE must be a POST.
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let body = "q=CREATE%20DATABASE%20senseops";
-        write!(
-            s,
-            "POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    }
-
-    /// The number of user_events points (polled until `want`).
-    fn wait_count(&self, want: u64) {
-        let until = Instant::now() + DEADLINE;
-        let mut last = 0;
-        while Instant::now() < until {
-            let v = self.query("SELECT count(\"userId\") FROM user_events");
-            last = v["results"][0]["series"][0]["values"][0][1]
-                .as_u64()
-                .unwrap_or(0);
-            if last == want {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("user_events has {last} points, not {want}");
-    }
-}
-
-impl Drop for Influx {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use common::influx::Influx;
+use common::{DEADLINE, Daemon, free_port, http_get};
 
 fn start(user: &str, origin: &str) -> String {
     let (dir, id) = user.split_once('\\').unwrap();
@@ -206,8 +83,7 @@ fn butler_points_arrive_and_an_outage_loses_nothing() {
         "{body}"
     );
     assert_eq!(v["parts"]["sinks"]["influxdb"]["backlog"], 2);
-    let bin = which("influxd").unwrap();
-    influx.run(&bin);
+    influx.run();
     influx.wait_count(5);
     d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
     d.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 5.0);

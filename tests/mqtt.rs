@@ -6,22 +6,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Daemon};
+use common::{DEADLINE, Daemon, free_port};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A real mosquitto with persistence in its own folder, killed when dropped.
 struct Mosquitto {

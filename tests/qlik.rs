@@ -157,21 +157,21 @@ fn end_by_id_by_user_and_all_with_and_without_yes() {
         v.sort();
         v
     };
-    // By id.
-    let out = whosin(
-        &cfg,
-        &[
+    // Ends on the default virtual proxy with more arguments.
+    let end_default = |extra: &[&str]| {
+        let mut args = vec![
             "sessions",
             "end",
             "--host",
             "localhost",
             "--virtual-proxy",
             "",
-            "--session-id",
-            "s-bob-1",
-        ],
-        "",
-    );
+        ];
+        args.extend_from_slice(extra);
+        whosin(&cfg, &args, "")
+    };
+    // By id.
+    let out = end_default(&["--session-id", "s-bob-1"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("ended s-bob-1 LAB\\bob (Bob)"), "{stdout}");
@@ -179,20 +179,7 @@ fn end_by_id_by_user_and_all_with_and_without_yes() {
     assert_eq!(ids(""), ["s-anna-1", "s-anna-2"]);
 
     // By user: both of anna's sessions.
-    let out = whosin(
-        &cfg,
-        &[
-            "sessions",
-            "end",
-            "--host",
-            "localhost",
-            "--virtual-proxy",
-            "",
-            "--user",
-            "lab\\ANNA",
-        ],
-        "",
-    );
+    let out = end_default(&["--user", "lab\\ANNA"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("ended 2 sessions"), "{stdout}");
@@ -232,20 +219,7 @@ fn end_by_id_by_user_and_all_with_and_without_yes() {
     assert!(ids("finance").is_empty());
 
     // Bad usage exits 2.
-    let out = whosin(
-        &cfg,
-        &[
-            "sessions",
-            "end",
-            "--host",
-            "localhost",
-            "--virtual-proxy",
-            "",
-            "--user",
-            "anna",
-        ],
-        "",
-    );
+    let out = end_default(&["--user", "anna"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("DIRECTORY\\userid"));
     let out = whosin(&cfg, &["sessions", "list", "--host", "qs9"], "");

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 pub mod fake_qps;
+pub mod influx;
 
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -259,6 +260,15 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
         eprintln!("skipping: {name} not installed");
     }
     found
+}
+
+/// A free TCP port on loopback (free when asked; the server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Finds a tool on PATH.
