@@ -245,6 +245,8 @@ mod tests {
                 }],
                 browser: Some("Chrome 131".into()),
                 os: None,
+                virtual_proxy: None,
+                reconciled: false,
             }],
         };
         let out = table(&a);
@@ -282,6 +284,8 @@ mod tests {
             apps: vec![],
             browser: None,
             os: None,
+            virtual_proxy: None,
+            reconciled: false,
         };
         let mut a = SessionsAnswer {
             at: t("2026-11-21T12:00:00Z"),

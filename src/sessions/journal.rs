@@ -113,6 +113,11 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL
     );
     ",
+    // 2: what reconciliation with the Qlik proxy API learns and does.
+    "
+    ALTER TABLE sessions ADD COLUMN reconciled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN virtual_proxy TEXT;
+    ",
 ];
 
 /// Seconds since the epoch, the R*Tree's coordinate.
@@ -187,7 +192,8 @@ pub fn recover(conn: &Connection, idle_timeout: Duration) -> rusqlite::Result<Re
         "SELECT s.id, s.host, s.user_directory, s.user_id, s.proxy_session_id, s.started_at, s.implied,
                 s.browser, s.browser_major, s.os, s.os_version,
                 (SELECT e.received_at FROM events e WHERE e.user_key = s.user_key AND e.host = s.host
-                 ORDER BY e.time DESC LIMIT 1)
+                 ORDER BY e.time DESC LIMIT 1),
+                s.reconciled, s.virtual_proxy
          FROM sessions s WHERE s.ended_at IS NULL ORDER BY s.started_at, s.id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -217,6 +223,8 @@ pub fn recover(conn: &Connection, idle_timeout: Duration) -> rusqlite::Result<Re
                 last_event: last.map_or(started_at, from_nanos),
                 user_agent: ua,
                 implied: r.get(6)?,
+                reconciled: r.get(12)?,
+                virtual_proxy: r.get(13)?,
             },
         ))
     })?;
@@ -481,8 +489,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
         )?;
         let mut ins_session = tx.prepare_cached(
             "INSERT OR IGNORE INTO sessions (id, host, user_key, user_directory, user_id, proxy_session_id, started_at,
-               implied, browser, browser_major, os, os_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+               implied, browser, browser_major, os, os_version, reconciled, virtual_proxy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         // An interval enters the R*Tree when it ends.
         let mut end_session_span = tx.prepare_cached(
@@ -493,6 +501,8 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
         )?;
         let mut bind_session =
             tx.prepare_cached("UPDATE sessions SET proxy_session_id = ?2 WHERE id = ?1")?;
+        let mut set_virtual_proxy =
+            tx.prepare_cached("UPDATE sessions SET virtual_proxy = ?2 WHERE id = ?1")?;
         let mut end_session = tx.prepare_cached(
             "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
         )?;
@@ -553,7 +563,12 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
                         ua.and_then(|u| u.browser_major.as_deref()),
                         ua.and_then(|u| u.os.as_deref()),
                         ua.and_then(|u| u.os_version.as_deref()),
+                        s.reconciled,
+                        s.virtual_proxy,
                     ])?;
+                }
+                Write::Change(Change::SessionVirtualProxy { id, virtual_proxy }) => {
+                    set_virtual_proxy.execute(params![*id as i64, virtual_proxy])?;
                 }
                 Write::Change(Change::SessionBound {
                     id,

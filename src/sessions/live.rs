@@ -32,6 +32,8 @@ pub enum EndReason {
     Stopped,
     /// No connection and no event for the idle timeout.
     Expired,
+    /// The Qlik proxy no longer had it (a lost `Stop session`).
+    Reconciled,
 }
 
 impl EndReason {
@@ -40,6 +42,7 @@ impl EndReason {
         match self {
             EndReason::Stopped => "stopped",
             EndReason::Expired => "expired",
+            EndReason::Reconciled => "reconciled",
         }
     }
 }
@@ -100,6 +103,13 @@ pub enum Change {
         /// Qlik's proxy session id.
         proxy_session_id: String,
     },
+    /// The proxy API told which virtual proxy a session belongs to.
+    SessionVirtualProxy {
+        /// The session's id.
+        id: u64,
+        /// The virtual proxy prefix (`""` for the default one).
+        virtual_proxy: String,
+    },
     /// A session ended.
     SessionEnded {
         /// The session's id.
@@ -146,6 +156,28 @@ pub struct Outcome {
     pub changes: Vec<Change>,
 }
 
+/// One session as the Qlik proxy API lists it, for [`LiveState::reconcile`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyEntry {
+    /// User directory.
+    pub user_directory: String,
+    /// User id.
+    pub user_id: String,
+    /// The proxy's session id.
+    pub session_id: String,
+    /// The virtual proxy prefix (`""` for the default one).
+    pub virtual_proxy: String,
+}
+
+/// What one reconciliation corrected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Corrections {
+    /// Sessions whosin held that the proxy no longer had.
+    pub ended: usize,
+    /// Sessions the proxy had that whosin lacked.
+    pub started: usize,
+}
+
 /// One open proxy session.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {
@@ -161,6 +193,11 @@ pub struct Session {
     pub user_agent: Option<Arc<UserAgent>>,
     /// It was not started by a `Start session` but implied by a connection.
     pub implied: bool,
+    /// It was started by reconciliation: the proxy had it, whosin had not
+    /// heard of it (a lost `Start session`, or one from before whosin ran).
+    pub reconciled: bool,
+    /// The virtual proxy it belongs to, once the proxy API has told.
+    pub virtual_proxy: Option<String>,
 }
 
 /// One open connection (an app or hub tab).
@@ -577,6 +614,190 @@ impl LiveState {
         out
     }
 
+    /// Corrects the sessions of one Qlik proxy against its own list, taken
+    /// at `listed_at`: on `hosts` (the live hosts that belong to the proxy), a
+    /// session the proxy no longer has ends as reconciled (its `Stop session`
+    /// was lost), and a session the proxy has that whosin lacks starts as
+    /// reconciled, on the user's host or else on `default_host` (its `Start
+    /// session` was lost, or came before whosin listened). Sessions with an
+    /// event after `listed_at` are left alone: they are newer than the list.
+    /// Sessions the proxy confirms learn their virtual proxy, and count as
+    /// active (so idle expiry does not end what the proxy still holds).
+    pub fn reconcile(
+        &mut self,
+        hosts: &[String],
+        default_host: &str,
+        listed: &[ProxyEntry],
+        listed_at: Timestamp,
+    ) -> (Outcome, Corrections) {
+        let mut out = Outcome::default();
+        let mut fixes = Corrections::default();
+        let mut by_user: HashMap<String, Vec<&ProxyEntry>> = HashMap::default();
+        for e in listed {
+            by_user
+                .entry(
+                    UserKey::new(&e.user_directory, &e.user_id)
+                        .as_str()
+                        .to_owned(),
+                )
+                .or_default()
+                .push(e);
+        }
+        // 1. What whosin holds: confirm, or end.
+        for host in hosts {
+            let Some(h) = self.hosts.get_mut(host) else {
+                continue;
+            };
+            let keys: Vec<String> = h.users.keys().cloned().collect();
+            for key in keys {
+                let theirs = by_user.get(&key).map_or(&[][..], Vec::as_slice);
+                let user = h.users.get_mut(&key).expect("listed above");
+                let only_vp = match theirs.first() {
+                    Some(first)
+                        if theirs
+                            .iter()
+                            .all(|e| e.virtual_proxy == first.virtual_proxy) =>
+                    {
+                        Some(first.virtual_proxy.clone())
+                    }
+                    _ => None,
+                };
+                let mut ending = Vec::new();
+                for (i, s) in user.sessions.iter_mut().enumerate() {
+                    if s.started_at > listed_at || s.last_event > listed_at {
+                        continue;
+                    }
+                    let vp = match &s.proxy_session_id {
+                        Some(id) => match theirs.iter().find(|e| &e.session_id == id) {
+                            Some(e) => Some(e.virtual_proxy.clone()),
+                            None => {
+                                ending.push(i);
+                                continue;
+                            }
+                        },
+                        None if theirs.is_empty() => {
+                            ending.push(i);
+                            continue;
+                        }
+                        None => only_vp.clone(),
+                    };
+                    s.last_event = s.last_event.max(listed_at);
+                    if let Some(vp) = vp
+                        && s.virtual_proxy.as_ref() != Some(&vp)
+                    {
+                        s.virtual_proxy = Some(vp.clone());
+                        out.changes.push(Change::SessionVirtualProxy {
+                            id: s.id,
+                            virtual_proxy: vp,
+                        });
+                    }
+                }
+                for i in ending.into_iter().rev() {
+                    let s = user.sessions.remove(i);
+                    h.sessions -= 1;
+                    fixes.ended += 1;
+                    out.ended.push(Ended {
+                        host: host.clone(),
+                        reason: EndReason::Reconciled,
+                        duration: elapsed(s.started_at, listed_at),
+                    });
+                    out.changes.push(Change::SessionEnded {
+                        id: s.id,
+                        started_at: s.started_at,
+                        at: listed_at.max(s.started_at),
+                        reason: EndReason::Reconciled,
+                    });
+                    let last = user.sessions.is_empty();
+                    let closing: SmallVec<[Connection; 1]> = if last {
+                        std::mem::take(&mut user.connections)
+                    } else if let Some(id) = &s.proxy_session_id {
+                        let (gone, kept) = std::mem::take(&mut user.connections)
+                            .into_iter()
+                            .partition(|c| c.proxy_session_id.as_ref() == Some(id));
+                        user.connections = kept;
+                        gone
+                    } else {
+                        SmallVec::new()
+                    };
+                    h.connections -= closing.len();
+                    out.changes
+                        .extend(closing.into_iter().map(|c| Change::ConnectionClosed {
+                            id: c.id,
+                            opened_at: c.opened_at,
+                            at: listed_at.max(c.opened_at),
+                            reason: CloseReason::SessionEnded,
+                        }));
+                }
+                if user.sessions.is_empty() {
+                    h.users.remove(&key);
+                }
+            }
+        }
+        // 2. What the proxy holds and whosin lacks: start.
+        for (key, theirs) in &by_user {
+            let mut ids: HashSet<&str> = HashSet::default();
+            let mut without_id = 0;
+            let mut home: Option<&String> = None;
+            for host in hosts {
+                if let Some(u) = self.hosts.get(host).and_then(|h| h.users.get(key)) {
+                    home.get_or_insert(host);
+                    for s in &u.sessions {
+                        match &s.proxy_session_id {
+                            Some(id) => {
+                                ids.insert(id.as_str());
+                            }
+                            None => without_id += 1,
+                        }
+                    }
+                }
+            }
+            // Sessions without an id may be any of the proxy's; only what
+            // they cannot account for is missing.
+            let missing: Vec<&ProxyEntry> = theirs
+                .iter()
+                .filter(|e| !ids.contains(e.session_id.as_str()))
+                .skip(without_id)
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let host = home.cloned().unwrap_or_else(|| default_host.to_owned());
+            for e in missing {
+                let session = Session {
+                    id: self.next_id,
+                    proxy_session_id: Some(e.session_id.clone()),
+                    started_at: listed_at,
+                    last_event: listed_at,
+                    user_agent: None,
+                    implied: false,
+                    reconciled: true,
+                    virtual_proxy: Some(e.virtual_proxy.clone()),
+                };
+                self.next_id += 1;
+                fixes.started += 1;
+                out.changes.push(Change::SessionStarted {
+                    host: host.clone(),
+                    user_key: key.clone(),
+                    session: session.clone(),
+                    user_directory: e.user_directory.clone(),
+                    user_id: e.user_id.clone(),
+                });
+                let h = self.hosts.entry(host.clone()).or_default();
+                let user = h.users.entry(key.clone()).or_insert_with(|| {
+                    Box::new(UserState {
+                        user_directory: e.user_directory.clone(),
+                        user_id: e.user_id.clone(),
+                        ..Default::default()
+                    })
+                });
+                user.sessions.push(session);
+                h.sessions += 1;
+            }
+        }
+        (out, fixes)
+    }
+
     /// Ends, as expired, every session with no open connection and no event
     /// for the idle timeout as of `now`.
     pub fn expire(&mut self, now: Timestamp) -> Outcome {
@@ -681,6 +902,8 @@ fn new_session(id: u64, ev: &Event, implied: bool) -> Session {
         last_event: ev.received_at,
         user_agent: ev.user_agent.clone(),
         implied,
+        reconciled: false,
+        virtual_proxy: None,
     }
 }
 
@@ -748,6 +971,107 @@ mod tests {
     fn counts(s: &LiveState, h: &str) -> (usize, usize, usize) {
         let c = s.counts(h);
         (c.sessions, c.connections, c.users)
+    }
+
+    fn listed(user: &str, sid: &str, vp: &str) -> ProxyEntry {
+        let (dir, id) = user.split_once('\\').unwrap();
+        ProxyEntry {
+            user_directory: dir.into(),
+            user_id: id.into(),
+            session_id: sid.into(),
+            virtual_proxy: vp.into(),
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn reconciliation_ends_a_phantom_and_its_connections() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "", 0));
+        s.apply(&ev(ConnectionOpen, "n1", "LAB\\anna", APP, 1));
+        s.apply(&ev(SessionStart, "n1", "LAB\\bob", "", 2));
+        // The proxy has bob, not anna: anna's stop was lost.
+        let (out, fixes) = s.reconcile(
+            &["n1".into()],
+            "n1",
+            &[listed("lab\\BOB", "s-b", "")],
+            at(60),
+        );
+        assert_eq!(
+            fixes,
+            Corrections {
+                ended: 1,
+                started: 0
+            }
+        );
+        assert_eq!(counts(&s, "n1"), (1, 0, 1));
+        assert_eq!(out.ended[0].reason, EndReason::Reconciled);
+        assert!(out.changes.iter().any(|c| matches!(
+            c,
+            Change::ConnectionClosed {
+                reason: CloseReason::SessionEnded,
+                ..
+            }
+        )));
+        // Bob's session learned its virtual proxy.
+        assert!(out.changes.iter().any(|c| matches!(c, Change::SessionVirtualProxy { virtual_proxy, .. } if virtual_proxy.is_empty())));
+    }
+
+    #[test]
+    fn reconciliation_starts_a_missed_session_once() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        let list = [listed("CORP\\carl", "s-c", "finance")];
+        // whosin never saw the node: the session goes on the default host.
+        let (out, fixes) = s.reconcile(&[], "sense-node1", &list, at(60));
+        assert_eq!(
+            fixes,
+            Corrections {
+                ended: 0,
+                started: 1
+            }
+        );
+        assert_eq!(counts(&s, "sense-node1"), (1, 0, 1));
+        let u = &s.host("sense-node1").unwrap().users["corp\\carl"];
+        assert!(u.sessions[0].reconciled);
+        assert_eq!(u.sessions[0].virtual_proxy.as_deref(), Some("finance"));
+        assert_eq!(u.sessions[0].proxy_session_id.as_deref(), Some("s-c"));
+        assert!(matches!(out.changes[0], Change::SessionStarted { .. }));
+        // The next run finds it: nothing more to do.
+        let (_, fixes) = s.reconcile(&["sense-node1".into()], "sense-node1", &list, at(120));
+        assert_eq!(fixes, Corrections::default());
+        assert_eq!(counts(&s, "sense-node1"), (1, 0, 1));
+    }
+
+    #[test]
+    fn reconciliation_leaves_a_correct_picture_and_newer_sessions_alone() {
+        let mut s = LiveState::new(Duration::from_secs(1800));
+        s.apply(&ev(SessionStart, "n1", "LAB\\anna", "", 0));
+        s.apply(&with_sid(ev(SessionStart, "n1", "LAB\\bob", "", 1), "s-b"));
+        // Dora logs in after the proxy was asked: not a phantom.
+        s.apply(&ev(SessionStart, "n1", "LAB\\dora", "", 100));
+        let before = s.clone();
+        let list = [
+            listed("LAB\\anna", "s-a", "sales"),
+            listed("LAB\\bob", "s-b", "sales"),
+        ];
+        let (out, fixes) = s.reconcile(&["n1".into()], "n1", &list, at(60));
+        assert_eq!(fixes, Corrections::default());
+        assert_eq!(s.counts("n1"), before.counts("n1"));
+        assert!(out.ended.is_empty());
+        assert!(
+            out.changes
+                .iter()
+                .all(|c| matches!(c, Change::SessionVirtualProxy { .. }))
+        );
+        let users = &s.host("n1").unwrap().users;
+        assert_eq!(
+            users["lab\\anna"].sessions[0].virtual_proxy.as_deref(),
+            Some("sales")
+        );
+        assert_eq!(users["lab\\dora"].sessions[0].virtual_proxy, None);
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub struct SessionView {
     pub browser: Option<String>,
     /// e.g. `Windows 10`.
     pub os: Option<String>,
+    /// The virtual proxy (`""` for the default one), once the Qlik proxy API
+    /// has told (`qlik.reconcile_interval`); else null.
+    pub virtual_proxy: Option<String>,
+    /// whosin learned of it from the proxy API, not from a `Start session`.
+    pub reconciled: bool,
 }
 
 /// The body of `/api/v1/sessions`.
@@ -135,7 +140,7 @@ fn sessions_query(
     let mut stmt = conn.prepare_cached(&overlapping(
         SESSIONS,
         "x.id, x.host, x.user_key, x.user_directory, x.user_id, x.proxy_session_id, x.started_at,
-         x.browser, x.browser_major, x.os, x.os_version",
+         x.browser, x.browser_major, x.os, x.os_version, x.virtual_proxy, x.reconciled",
         "ORDER BY x.host, x.user_key, x.started_at, x.id",
     ))?;
     struct Row {
@@ -163,6 +168,8 @@ fn sessions_query(
                     apps: Vec::new(),
                     browser: join_name(r.get(7)?, r.get(8)?),
                     os: join_name(r.get(9)?, r.get(10)?),
+                    virtual_proxy: r.get(11)?,
+                    reconciled: r.get(12)?,
                 },
                 app_ids: Vec::new(),
             })

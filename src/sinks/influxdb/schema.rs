@@ -84,7 +84,12 @@ pub fn user_event(
     write_point(out, "user_events", &tags, &fields, Some(point_time(ev)));
 }
 
-/// Appends a `user_session_summary` point: one host's sessions at `time_ns`.
+/// Appends the `user_session_summary` points of one host at `time_ns`: one
+/// per virtual proxy once the proxy API has told which sessions belong to
+/// which (tag `user_session_virtual_proxy`), else one for the host. The
+/// default virtual proxy is `""`, which InfluxDB cannot store as a tag value:
+/// its sessions share the untagged point with those whose virtual proxy is
+/// not known, so that two points never overwrite each other.
 pub fn session_summary(
     out: &mut String,
     host: &str,
@@ -92,25 +97,46 @@ pub fn session_summary(
     time_ns: i64,
     extra_tags: &[(&str, &str)],
 ) {
-    let mut users: Vec<&str> = sessions.iter().map(|s| s.user.as_str()).collect();
-    users.sort_unstable_by_key(|u| u.to_lowercase());
-    users.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-    let list = users.join(",");
-    let connections: usize = sessions.iter().map(|s| s.connections).sum();
-    let mut tags = vec![("user_session_host", host)];
-    tags.extend(extra_tags.iter().filter(|(k, _)| *k != "user_session_host"));
-    write_point(
-        out,
-        "user_session_summary",
-        &tags,
-        &[
-            ("session_count", Field::Int(sessions.len() as i64)),
-            ("connection_count", Field::Int(connections as i64)),
-            ("user_count", Field::Int(users.len() as i64)),
-            ("session_user_id_list", Field::Str(&list)),
-        ],
-        Some(time_ns),
-    );
+    let mut groups: std::collections::BTreeMap<&str, Vec<&crate::sessions::query::SessionView>> =
+        std::collections::BTreeMap::new();
+    for s in sessions {
+        groups
+            .entry(s.virtual_proxy.as_deref().unwrap_or(""))
+            .or_default()
+            .push(s);
+    }
+    if groups.is_empty() {
+        // A host with nobody left still gets its zero point.
+        groups.insert("", Vec::new());
+    }
+    for (vp, sessions) in groups {
+        let mut users: Vec<&str> = sessions.iter().map(|s| s.user.as_str()).collect();
+        users.sort_unstable_by_key(|u| u.to_lowercase());
+        users.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        let list = users.join(",");
+        let connections: usize = sessions.iter().map(|s| s.connections).sum();
+        let mut tags = vec![("user_session_host", host)];
+        if !vp.is_empty() {
+            tags.push(("user_session_virtual_proxy", vp));
+        }
+        tags.extend(
+            extra_tags
+                .iter()
+                .filter(|(k, _)| *k != "user_session_host" && *k != "user_session_virtual_proxy"),
+        );
+        write_point(
+            out,
+            "user_session_summary",
+            &tags,
+            &[
+                ("session_count", Field::Int(sessions.len() as i64)),
+                ("connection_count", Field::Int(connections as i64)),
+                ("user_count", Field::Int(users.len() as i64)),
+                ("session_user_id_list", Field::Str(&list)),
+            ],
+            Some(time_ns),
+        );
+    }
 }
 
 /// Appends an `event_count` point: how many events of one source, host and
