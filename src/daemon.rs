@@ -159,6 +159,23 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     core.set_feed(feed.clone());
     let stop_http = tokio_util::sync::CancellationToken::new();
     let core_thread = sessions::spawn(core, rx)?;
+    let reconciler = match &config.qlik {
+        Some(q) => q.reconcile_interval.map(|every| {
+            tracing::info!(
+                "reconciling with {} Qlik prox{} every {every}",
+                q.proxies.len(),
+                if q.proxies.len() == 1 { "y" } else { "ies" }
+            );
+            tokio::spawn(crate::qlik::reconcile::run(
+                q.clone(),
+                every.get(),
+                tx.clone(),
+                metrics.clone(),
+                stop_sinks.clone(),
+            ))
+        }),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let ingest_thread = ingest::spawn(
         sock,
@@ -214,6 +231,10 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing the events in hand");
     stop_sinks.cancel();
     let _ = sinks_task.await;
+    if let Some(r) = reconciler {
+        // It holds a sender of the core's channel: the core ends after it.
+        let _ = r.await;
+    }
     stop.store(true, Ordering::Relaxed);
     health.udp_bound.store(false, Ordering::Relaxed);
     let _ = ingest_thread.join();
@@ -257,6 +278,7 @@ fn start_watch(
             ("http", current.http != new.http),
             ("data_dir", current.data_dir != new.data_dir),
             ("retention", current.retention != new.retention),
+            ("qlik", current.qlik != new.qlik),
             ("journal", current.journal != new.journal),
             (
                 "sinks.prometheus",

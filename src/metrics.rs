@@ -55,6 +55,10 @@ pub struct Metrics {
     pub events_unmatched: IntCounterVec,
     /// `whosin_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `whosin_reconcile_runs_total{result}` (`ok`, `failed`)
+    pub reconcile_runs: IntCounterVec,
+    /// `whosin_reconcile_corrections_total{kind}` (`ended`, `started`)
+    pub reconcile_corrections: IntCounterVec,
 }
 
 /// Handles to one host's series, so the hot path does not look labels up.
@@ -192,6 +196,16 @@ impl Metrics {
                 "Configuration reloads, applied or refused.",
                 &["result"],
             ),
+            reconcile_runs: counter(
+                "whosin_reconcile_runs_total",
+                "Comparisons of whosin's sessions with a Qlik proxy's own list, by result.",
+                &["result"],
+            ),
+            reconcile_corrections: counter(
+                "whosin_reconcile_corrections_total",
+                "Sessions reconciliation ended (the proxy no longer had them) or started (the proxy had them, whosin had not).",
+                &["kind"],
+            ),
             registry: r,
         };
         for sink in sinks {
@@ -204,6 +218,12 @@ impl Metrics {
         }
         for result in ["applied", "refused"] {
             m.config_reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            m.reconcile_runs.with_label_values(&[result]);
+        }
+        for kind in ["ended", "started"] {
+            m.reconcile_corrections.with_label_values(&[kind]);
         }
         Arc::new(m)
     }

@@ -321,3 +321,120 @@ fn failures_name_the_proxy_and_what_went_wrong() {
         text(&out)
     );
 }
+
+/// Polls until a counter that keeps counting reaches `value`.
+fn at_least(d: &common::Daemon, sample: &str, value: f64) {
+    let until = std::time::Instant::now() + common::DEADLINE;
+    while d.metrics().must(sample) < value {
+        assert!(
+            std::time::Instant::now() < until,
+            "{sample} never reached {value}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reconciliation_fixes_a_phantom_and_a_missed_start_and_leaves_the_rest() {
+    let Some(qps) = FakeQps::start() else {
+        return;
+    };
+    qps.add_virtual_proxy("finance");
+    qps.add_session("", "LAB", "anna", "Anna", "s-anna");
+    // Carl logged in while nobody listened: whosin never saw his start.
+    qps.add_session("finance", "CORP", "carl", "Carl", "s-carl");
+    let certs = qps.cert_dir();
+    let d = common::Daemon::start(&format!(
+        "qlik:\n  proxies:\n    - host: localhost\n      port: {port}\n      node_name: sense-node1\n      virtual_proxies: [\"\", \"finance\"]\n  certificates:\n    client: \"{c}\"\n    client_key: \"{k}\"\n    root: \"{r}\"\n  reconcile_interval: \"1s\"\n  request_timeout: \"2s\"\n",
+        port = qps.port(),
+        c = certs.join("client.pem").display(),
+        k = certs.join("client_key.pem").display(),
+        r = certs.join("root.pem").display(),
+    ));
+    // Anna is in (the proxy agrees); the ghost's stop was lost.
+    d.send(b"/qseow-proxy-session/;sense-node1;Start session;LAB;anna;AppAccess;/hub/;Start");
+    d.send(b"/qseow-proxy-session/;sense-node1;Start session;LAB;ghost;AppAccess;/hub/;Start");
+    d.send(b"/qseow-proxy-connection/;sense-node1;Open connection;LAB;ghost;AppAccess;/app/x;Open");
+    d.wait_metric("whosin_reconcile_corrections_total{kind=\"ended\"}", 1.0);
+    d.wait_metric("whosin_reconcile_corrections_total{kind=\"started\"}", 1.0);
+    let m = d.wait_metric("qliksense_sessions_active{host=\"sense-node1\"}", 2.0);
+    assert_eq!(
+        m.must("qliksense_connections_active{host=\"sense-node1\"}"),
+        0.0
+    );
+
+    let v = d.json("/api/v1/sessions");
+    let mut who: Vec<(String, serde_json::Value, bool)> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["user"].as_str().unwrap().to_owned(),
+                s["virtual_proxy"].clone(),
+                s["reconciled"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    who.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        who,
+        [
+            ("CORP\\carl".to_owned(), serde_json::json!("finance"), true),
+            ("LAB\\anna".to_owned(), serde_json::json!(""), false),
+        ],
+        "{v}"
+    );
+
+    // Later runs find the picture right and change nothing.
+    let ok = "whosin_reconcile_runs_total{result=\"ok\"}";
+    at_least(&d, ok, d.metrics().must(ok) + 2.0);
+    let m = d.metrics();
+    assert_eq!(
+        m.must("whosin_reconcile_corrections_total{kind=\"ended\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.must("whosin_reconcile_corrections_total{kind=\"started\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.must("qliksense_sessions_active{host=\"sense-node1\"}"),
+        2.0
+    );
+
+    // A proxy that refuses: counted as failed, the picture stays.
+    qps.set_mode(Mode::Forbidden);
+    at_least(&d, "whosin_reconcile_runs_total{result=\"failed\"}", 1.0);
+    qps.set_mode(Mode::Normal);
+    assert_eq!(
+        d.metrics()
+            .must("qliksense_sessions_active{host=\"sense-node1\"}"),
+        2.0
+    );
+
+    // The corrections are in the journal: after a restart the picture is
+    // right from the start, and the next run has nothing to correct.
+    let mut d = d;
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let config = d.config.clone();
+    assert!(d.terminate().success());
+    let d = common::Daemon::start_with(dir, config);
+    let v = d.json("/api/v1/sessions?user=CORP%5Ccarl");
+    assert_eq!(v["sessions"][0]["reconciled"], true, "{v}");
+    assert_eq!(v["sessions"][0]["virtual_proxy"], "finance", "{v}");
+    at_least(&d, "whosin_reconcile_runs_total{result=\"ok\"}", 1.0);
+    let m = d.metrics();
+    assert_eq!(
+        m.must("whosin_reconcile_corrections_total{kind=\"ended\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.must("whosin_reconcile_corrections_total{kind=\"started\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.must("qliksense_sessions_active{host=\"sense-node1\"}"),
+        2.0
+    );
+}

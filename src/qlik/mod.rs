@@ -8,6 +8,7 @@
 //! what went wrong, in words an administrator can act on.
 
 pub mod cli;
+pub mod reconcile;
 
 use std::time::Duration;
 

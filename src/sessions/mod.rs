@@ -48,6 +48,20 @@ pub enum Input {
     /// Commit the journal now and answer (sent by the API before it reads, so
     /// that its answer includes every event handed to the core before).
     Flush(Sender<Result<(), String>>),
+    /// A Qlik proxy's own session list, to correct the state against.
+    Reconcile(Box<Reconciliation>),
+}
+
+/// One proxy's sessions, listed through its API.
+pub struct Reconciliation {
+    /// The proxy.
+    pub proxy: crate::config::QlikProxy,
+    /// Its sessions, on every configured virtual proxy.
+    pub sessions: Vec<live::ProxyEntry>,
+    /// When the list was asked for: sessions with events after it are newer.
+    pub listed_at: Timestamp,
+    /// Where to say what was corrected.
+    pub reply: Sender<live::Corrections>,
 }
 
 /// The live state with everything that feeds it.
@@ -179,6 +193,49 @@ impl Core {
         }
     }
 
+    /// Corrects the state against a proxy's own session list.
+    pub fn reconcile(&mut self, r: &Reconciliation) -> live::Corrections {
+        let hosts: Vec<String> = self
+            .state
+            .hosts()
+            .map(|(h, _)| h)
+            .filter(|h| crate::qlik::names(&r.proxy, h))
+            .cloned()
+            .collect();
+        // A session whosin never saw the node of goes where Qlik's events
+        // would name it: node_name when set, else the host as configured.
+        let default_host = r.proxy.node_name.as_deref().unwrap_or(&r.proxy.host);
+        let (outcome, fixes) = self
+            .state
+            .reconcile(&hosts, default_host, &r.sessions, r.listed_at);
+        self.record_ended(&outcome.ended);
+        let touched: Vec<String> = outcome
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                live::Change::SessionStarted { host, .. } => Some(host.clone()),
+                _ => None,
+            })
+            .chain(hosts)
+            .collect();
+        for h in touched {
+            let counts = self.state.counts(&h);
+            self.host_metrics(&h).set_counts(counts);
+            if self.feed.is_some() {
+                self.dirty.insert(h);
+            }
+        }
+        let m = &self.metrics.reconcile_corrections;
+        m.with_label_values(&["ended"]).inc_by(fixes.ended as u64);
+        m.with_label_values(&["started"])
+            .inc_by(fixes.started as u64);
+        if self.journal.is_some() {
+            self.outbox
+                .extend(outcome.changes.into_iter().map(journal::Write::Change));
+        }
+        fixes
+    }
+
     /// Expires idle sessions as of `now`, and refreshes the feed.
     pub fn tick(&mut self, now: Timestamp) {
         let outcome = self.state.expire(now);
@@ -257,6 +314,10 @@ pub fn spawn(mut core: Core, rx: Receiver<Input>) -> std::io::Result<JoinHandle<
                     }
                     Ok(Input::Reload(settings)) => core.reconfigure(settings),
                     Ok(Input::Flush(reply)) => core.flush(reply),
+                    Ok(Input::Reconcile(r)) => {
+                        let fixes = core.reconcile(&r);
+                        let _ = r.reply.send(fixes);
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
                         core.send_outbox();

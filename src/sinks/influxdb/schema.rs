@@ -232,6 +232,46 @@ mod tests {
     }
 
     #[test]
+    fn summaries_split_by_virtual_proxy_once_known() {
+        use crate::sessions::query::SessionView;
+        let view = |user: &str, vp: Option<&str>| SessionView {
+            host: "n1".into(),
+            user_directory: "LAB".into(),
+            user_id: user.into(),
+            user: format!("LAB\\{user}"),
+            started_at: "2026-11-21T09:00:00Z".parse().unwrap(),
+            connections: 1,
+            apps: vec![],
+            browser: None,
+            os: None,
+            virtual_proxy: vp.map(str::to_owned),
+            reconciled: false,
+        };
+        let (a, b, c) = (
+            view("anna", None),
+            view("bob", Some("")),
+            view("carl", Some("finance")),
+        );
+        let mut out = String::new();
+        session_summary(&mut out, "n1", &[&a, &b, &c], 1_000, &[("qs_env", "prod")]);
+        let points: Vec<_> = out.lines().map(parse).collect();
+        assert_eq!(points.len(), 2, "{out}");
+        // Unknown and the default virtual proxy share the untagged point.
+        let (tags, fields, _) = &points[0];
+        assert!(!tags.iter().any(|(k, _)| k == "user_session_virtual_proxy"));
+        assert!(fields.contains(&("session_count".into(), "2i".into())));
+        assert!(fields.contains(&("session_user_id_list".into(), "LAB\\anna,LAB\\bob".into())));
+        let (tags, fields, _) = &points[1];
+        assert!(tags.contains(&("user_session_virtual_proxy".into(), "finance".into())));
+        assert!(tags.contains(&("qs_env".into(), "prod".into())));
+        assert!(fields.contains(&("session_count".into(), "1i".into())));
+        // A host with nobody still gets its zero point.
+        let mut out = String::new();
+        session_summary(&mut out, "n1", &[], 1_000, &[]);
+        assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
     fn v1_and_v2_points_carry_butlers_tags_and_fields() {
         let app = "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c";
         for (version, app_field) in [(Version::V1, "appId"), (Version::V2, "appId_field")] {

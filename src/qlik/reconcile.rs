@@ -1,0 +1,104 @@
+//! Every `qlik.reconcile_interval`, each proxy's own session list corrects
+//! whosin's picture: UDP loses datagrams, and whosin may start after users
+//! logged in, so a lost `Stop session` leaves a phantom and a lost `Start
+//! session` hides a user. The proxy knows the truth.
+//!
+//! A proxy is corrected only when every one of its configured virtual proxies
+//! answered: a session missing from a partial list is not a phantom. Sessions
+//! on a virtual proxy that is not configured look like phantoms to this
+//! comparison, so `virtual_proxies` must list them all (docs/configuration.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Qps, describe};
+use crate::config::QlikConfig;
+use crate::metrics::Metrics;
+use crate::sessions::live::ProxyEntry;
+use crate::sessions::{Input, Reconciliation};
+
+/// The first comparison, soon after start: whosin may have missed logins
+/// while it was down.
+const FIRST_RUN: Duration = Duration::from_secs(2);
+
+/// Runs until `stop`.
+pub async fn run(
+    config: QlikConfig,
+    interval: Duration,
+    core: std::sync::mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let qps = match Qps::new(&config) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!("reconciliation with the Qlik proxies is off: {e}");
+            return;
+        }
+    };
+    let mut failing = vec![false; config.proxies.len()];
+    let mut next = tokio::time::Instant::now() + FIRST_RUN;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        next = tokio::time::Instant::now() + interval;
+        for (i, proxy) in config.proxies.iter().enumerate() {
+            let listed_at = jiff::Timestamp::now();
+            let mut sessions = Vec::new();
+            let mut error = None;
+            for vp in &proxy.virtual_proxies {
+                match qps.list(proxy, vp).await {
+                    Ok(list) => sessions.extend(list.into_iter().map(|s| ProxyEntry {
+                        user_directory: s.user_directory,
+                        user_id: s.user_id,
+                        session_id: s.session_id,
+                        virtual_proxy: s.virtual_proxy,
+                    })),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = error {
+                metrics.reconcile_runs.with_label_values(&["failed"]).inc();
+                if !failing[i] {
+                    tracing::warn!("reconciliation skipped (whosin's picture stays as it is): {e}");
+                    failing[i] = true;
+                }
+                continue;
+            }
+            if failing[i] {
+                tracing::info!("reconciliation with {} works again", proxy.host);
+                failing[i] = false;
+            }
+            let (reply, answer) = std::sync::mpsc::channel();
+            let sent = core.send(Input::Reconcile(Box::new(Reconciliation {
+                proxy: proxy.clone(),
+                sessions,
+                listed_at,
+                reply,
+            })));
+            if sent.is_err() {
+                return;
+            }
+            let fixes =
+                tokio::task::spawn_blocking(move || answer.recv_timeout(Duration::from_secs(60)))
+                    .await;
+            let Ok(Ok(fixes)) = fixes else { continue };
+            metrics.reconcile_runs.with_label_values(&["ok"]).inc();
+            if fixes.ended + fixes.started > 0 {
+                tracing::info!(
+                    "reconciled with {}: ended {} session(s) the proxy no longer had, started {} it had and whosin had missed",
+                    describe(proxy, "*"),
+                    fixes.ended,
+                    fixes.started
+                );
+            }
+        }
+    }
+}
