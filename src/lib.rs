@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod qlik;

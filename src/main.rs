@@ -54,6 +54,15 @@ enum Cmd {
         #[command(subcommand)]
         command: SessionsCmd,
     },
+    /// Write a whosin config from a Butler SOS config (Butler-SOS.*.yaml).
+    ImportButlerSos {
+        /// The Butler SOS config file.
+        file: PathBuf,
+        /// Write the whosin config here (with the secrets) instead of printing
+        /// it (with ${NAME} references in place of the secrets).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Send realistic Qlik proxy traffic to a whosin (or Butler SOS).
     Simulate {
         /// Where to send the datagrams.
@@ -195,6 +204,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Sessions { command } => sessions(&source, command),
+        Cmd::ImportButlerSos { file, output } => import_butler_sos(&file, output.as_deref()),
         Cmd::Simulate {
             target,
             users,
@@ -329,6 +339,66 @@ fn sessions(source: &whosin::config::Source, command: SessionsCmd) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn import_butler_sos(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("whosin: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let name = file.display().to_string();
+    let imported = match whosin::import::convert(&text, &name, output.is_some()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("whosin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match output {
+        Some(out) => {
+            if let Err(e) = write_private(out, &imported.yaml) {
+                eprintln!("whosin: cannot write {}: {e}", out.display());
+                return ExitCode::from(1);
+            }
+            eprintln!(
+                "wrote {}; check it with `whosin check-config -c {}`",
+                out.display(),
+                out.display()
+            );
+        }
+        None => {
+            print!("{}", imported.yaml);
+            let envs: Vec<&str> = imported
+                .secrets
+                .iter()
+                .filter(|s| !s.value.is_empty())
+                .map(|s| s.env)
+                .collect();
+            if !envs.is_empty() {
+                eprintln!(
+                    "secrets are not printed: set {} in whosin's environment, or use -o FILE to write them into the file",
+                    envs.join(", ")
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes a file only its owner can read (it may hold secrets).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 fn check_config(source: &whosin::config::Source) -> ExitCode {

@@ -324,6 +324,21 @@ pub struct MqttTopics {
     pub state: Option<String>,
 }
 
+impl MqttTopics {
+    /// The topic under `key` (`all`, `session_start`, ..., `state`).
+    pub fn topic(&self, key: &str) -> Option<String> {
+        match key {
+            "all" => self.all.clone(),
+            "session_start" => self.session_start.clone(),
+            "session_stop" => self.session_stop.clone(),
+            "connection_open" => self.connection_open.clone(),
+            "connection_close" => self.connection_close.clone(),
+            "state" => self.state.clone(),
+            _ => None,
+        }
+    }
+}
+
 impl Default for MqttTopics {
     fn default() -> Self {
         Self {
