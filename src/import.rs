@@ -47,7 +47,8 @@ fn text(v: &Value, path: &str) -> Option<String> {
         Value::String(s) => {
             let s = s.trim();
             // Butler SOS's template writes placeholders like <IP or FQDN>.
-            (!s.is_empty() && !(s.starts_with('<') && s.ends_with('>'))).then(|| s.to_owned())
+            let placeholder = s.starts_with('<') && s.ends_with('>');
+            (!s.is_empty() && !placeholder).then(|| s.to_owned())
         }
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
