@@ -185,6 +185,12 @@ fn substitute_env(
     }
 }
 
+/// Keys whose values are secrets, never shown in messages.
+pub fn is_secret(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    matches!(last, "password" | "token" | "auth_token")
+}
+
 /// Deserializes `value` as `T`, or records the problem under `prefix`.
 fn section<T: DeserializeOwned>(
     prefix: &str,
@@ -200,7 +206,13 @@ fn section<T: DeserializeOwned>(
                 p if p.starts_with('[') => format!("{prefix}{p}"),
                 p => format!("{prefix}.{p}"),
             };
-            problems.push(Problem::new(path, e.into_inner().to_string()));
+            // A type error quotes the value it met: never a secret's.
+            let message = if is_secret(&path) {
+                "is not a string (the value is not shown: it is a secret)".to_owned()
+            } else {
+                e.into_inner().to_string()
+            };
+            problems.push(Problem::new(path, message));
             None
         }
     }
@@ -583,6 +595,32 @@ mod tests {
         assert_eq!(c.udp.listen.to_string(), "0.0.0.0:9997");
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9842");
         assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted_for_logs() {
+        use crate::config::redact_url;
+        assert_eq!(
+            redact_url("http://butler:s3cret@influx:8086"),
+            "http://butler:***@influx:8086/"
+        );
+        assert_eq!(redact_url("mqtt://broker:1883"), "mqtt://broker:1883");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn secrets_are_never_quoted_in_problems() {
+        let got = problems(
+            "http:\n  auth_token: 918273645\nsinks:\n  influxdb:\n    password: [4711, 1174]\n    token: 55667788\n  mqtt:\n    password: 99887766\n",
+        );
+        let all = got.join("\n");
+        for secret in ["918273645", "4711", "55667788", "99887766"] {
+            assert!(!all.contains(secret), "{secret} shown in:\n{all}");
+        }
+        assert!(
+            all.contains("http.auth_token: is not a string (the value is not shown"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -324,6 +324,17 @@ pub struct MqttTopics {
     pub state: Option<String>,
 }
 
+/// `url` with any password in it replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl MqttTopics {
     /// The topic under `key` (`all`, `session_start`, ..., `state`).
     pub fn topic(&self, key: &str) -> Option<String> {

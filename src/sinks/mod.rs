@@ -124,7 +124,10 @@ fn start(ctx: &Context, name: &'static str, spec: Spec) -> anyhow::Result<Runnin
     let metrics = ctx.metrics.clone();
     let task = match spec.clone() {
         Spec::Influx(s) => {
-            tracing::info!("influxdb: writing to {}", s.influx.url);
+            tracing::info!(
+                "influxdb: writing to {}",
+                crate::config::redact_url(&s.influx.url)
+            );
             tokio::spawn(influxdb::writer::run(
                 s,
                 reader,
@@ -134,7 +137,10 @@ fn start(ctx: &Context, name: &'static str, spec: Spec) -> anyhow::Result<Runnin
             ))
         }
         Spec::Mqtt(s) => {
-            tracing::info!("mqtt: publishing to {}", s.mqtt.url);
+            tracing::info!(
+                "mqtt: publishing to {}",
+                crate::config::redact_url(&s.mqtt.url)
+            );
             tokio::spawn(mqtt::run(
                 s,
                 reader,

@@ -320,6 +320,16 @@ async fn deliver(
     Ok(rejected)
 }
 
+/// reqwest's error text names the URL, which may hold a password.
+fn redact_error(e: &reqwest::Error) -> String {
+    match e.url() {
+        Some(u) => e
+            .to_string()
+            .replace(u.as_str(), &crate::config::redact_url(u.as_str())),
+        None => e.to_string(),
+    }
+}
+
 /// Gzips and posts one batch to the v1 or v2 write endpoint.
 async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Result<(), WriteError> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -328,6 +338,8 @@ async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Resul
         .map_err(|e| WriteError::Retry(e.to_string()))?;
     let gzipped = gz.finish().map_err(|e| WriteError::Retry(e.to_string()))?;
     let base = c.url.trim_end_matches('/');
+    // Messages name the server, never a password written into its URL.
+    let shown = crate::config::redact_url(base);
     let (path, query): (&str, Vec<(&str, &str)>) = if c.version == 2 {
         (
             "api/v2/write",
@@ -348,7 +360,7 @@ async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Resul
         ("write", q)
     };
     let mut url = reqwest::Url::parse(&format!("{base}/{path}"))
-        .map_err(|e| WriteError::Retry(format!("{base}: not a URL ({e})")))?;
+        .map_err(|e| WriteError::Retry(format!("{shown}: not a URL ({e})")))?;
     url.query_pairs_mut().extend_pairs(query);
     let mut req = client.post(url);
     if c.version == 2 {
@@ -365,13 +377,13 @@ async fn post(client: &reqwest::Client, c: &InfluxConfig, body: String) -> Resul
         .body(gzipped)
         .send()
         .await
-        .map_err(|e| WriteError::Retry(format!("{base}: {e}")))?;
+        .map_err(|e| WriteError::Retry(format!("{shown}: {}", redact_error(&e))))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
     }
     let text = resp.text().await.unwrap_or_default();
-    let msg = format!("{base} answered {status}: {}", text.trim());
+    let msg = format!("{shown} answered {status}: {}", text.trim());
     if matches!(status.as_u16(), 400 | 413 | 422) {
         Err(WriteError::Rejected(msg))
     } else {

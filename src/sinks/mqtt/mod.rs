@@ -192,7 +192,7 @@ impl Sink {
             connected: false,
             error,
         })?;
-        let url = self.settings.mqtt.url.clone();
+        let url = crate::config::redact_url(&self.settings.mqtt.url);
         let (client, mut eventloop) = AsyncClient::new(options, CHANNEL);
         let mut net = rumqttc::NetworkOptions::new();
         // Acknowledgements are what the sink waits for: send at once.
