@@ -208,8 +208,9 @@ fn v2_writes_are_accepted_by_victoria_metrics() {
 }
 
 /// What no real server here does on demand: a fake InfluxDB (in-process,
-/// named as such) that answers 500, then 429, then 400 to any request holding
-/// a bad point. The sink retries the first two and isolates the bad point.
+/// named as such) that answers 401 (a wrong token: fixed by the administrator,
+/// so retried, never dropped), 500, then 429, then 400 to any request holding
+/// a bad point. The sink retries the first three and isolates the bad point.
 #[test]
 fn fake_influxdb_errors_are_retried_and_a_bad_point_is_isolated() {
     use std::io::Read;
@@ -244,10 +245,14 @@ fn fake_influxdb_errors_are_retried_and_a_bad_point_is_isolated() {
                         f.requests += 1;
                         match f.requests {
                             1 => (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                "{\"error\":\"authorization failed\"}".to_owned(),
+                            ),
+                            2 => (
                                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                                 "down".to_owned(),
                             ),
-                            2 => (
+                            3 => (
                                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                                 "slow down".to_owned(),
                             ),
@@ -281,8 +286,8 @@ fn fake_influxdb_errors_are_retried_and_a_bad_point_is_isolated() {
     let m = d.metrics();
     assert_eq!(
         m.must("whosin_sink_errors_total{sink=\"influxdb\"}"),
-        3.0,
-        "500, 429 and the bad point"
+        4.0,
+        "401, 500, 429 and the bad point"
     );
     let f = fake.lock().unwrap();
     let mut users: Vec<&str> = f
