@@ -7,14 +7,8 @@ use std::io::{BufRead, Write};
 use super::{ProxySession, Qps, describe, names};
 use crate::config::{Config, QlikConfig, QlikProxy};
 
-/// Table or JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Aligned columns and totals.
-    Table,
-    /// The JSON array of sessions.
-    Json,
-}
+/// Table or JSON, as for `whosin who`.
+pub use crate::who::Format;
 
 /// Table order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -508,29 +508,8 @@ impl LiveState {
                     at,
                     reason: EndReason::Stopped,
                 });
-                let last = user.sessions.is_empty();
-                // The user's last session here ended: their tabs are gone too.
-                // With a proxy session id, that session's tabs are.
-                let closing: SmallVec<[Connection; 1]> = if last {
-                    std::mem::take(&mut user.connections)
-                } else if let Some(s) = sid {
-                    let (gone, kept) = std::mem::take(&mut user.connections)
-                        .into_iter()
-                        .partition(|c| c.proxy_session_id.as_deref() == Some(s));
-                    user.connections = kept;
-                    gone
-                } else {
-                    SmallVec::new()
-                };
-                host.connections -= closing.len();
-                out.changes
-                    .extend(closing.into_iter().map(|c| Change::ConnectionClosed {
-                        id: c.id,
-                        opened_at: c.opened_at,
-                        at,
-                        reason: CloseReason::SessionEnded,
-                    }));
-                if last {
+                host.connections -= close_with_session(user, sid, at, &mut out.changes);
+                if user.sessions.is_empty() {
                     host.users.remove(key);
                 }
             }
@@ -707,26 +686,12 @@ impl LiveState {
                         at: listed_at.max(s.started_at),
                         reason: EndReason::Reconciled,
                     });
-                    let last = user.sessions.is_empty();
-                    let closing: SmallVec<[Connection; 1]> = if last {
-                        std::mem::take(&mut user.connections)
-                    } else if let Some(id) = &s.proxy_session_id {
-                        let (gone, kept) = std::mem::take(&mut user.connections)
-                            .into_iter()
-                            .partition(|c| c.proxy_session_id.as_ref() == Some(id));
-                        user.connections = kept;
-                        gone
-                    } else {
-                        SmallVec::new()
-                    };
-                    h.connections -= closing.len();
-                    out.changes
-                        .extend(closing.into_iter().map(|c| Change::ConnectionClosed {
-                            id: c.id,
-                            opened_at: c.opened_at,
-                            at: listed_at.max(c.opened_at),
-                            reason: CloseReason::SessionEnded,
-                        }));
+                    h.connections -= close_with_session(
+                        user,
+                        s.proxy_session_id.as_deref(),
+                        listed_at,
+                        &mut out.changes,
+                    );
                 }
                 if user.sessions.is_empty() {
                     h.users.remove(&key);
@@ -892,6 +857,36 @@ fn bind(user: &mut UserState, sid: &str, changes: &mut Vec<Change>) -> bool {
         proxy_session_id: sid.to_owned(),
     });
     true
+}
+
+/// Closes the tabs that end with a session of `user` (already removed): all
+/// of them when it was the user's last session on the host, else those of
+/// its proxy session id `sid`. Returns how many closed.
+fn close_with_session(
+    user: &mut UserState,
+    sid: Option<&str>,
+    at: Timestamp,
+    changes: &mut Vec<Change>,
+) -> usize {
+    let closing: SmallVec<[Connection; 1]> = if user.sessions.is_empty() {
+        std::mem::take(&mut user.connections)
+    } else if let Some(s) = sid {
+        let (gone, kept) = std::mem::take(&mut user.connections)
+            .into_iter()
+            .partition(|c| c.proxy_session_id.as_deref() == Some(s));
+        user.connections = kept;
+        gone
+    } else {
+        SmallVec::new()
+    };
+    let n = closing.len();
+    changes.extend(closing.into_iter().map(|c| Change::ConnectionClosed {
+        id: c.id,
+        opened_at: c.opened_at,
+        at,
+        reason: CloseReason::SessionEnded,
+    }));
+    n
 }
 
 fn new_session(id: u64, ev: &Event, implied: bool) -> Session {
