@@ -378,6 +378,7 @@ fn who_prints_the_api_body_or_a_table() {
 struct Stream {
     reader: std::io::BufReader<std::net::TcpStream>,
     status: u16,
+    skipped: Vec<Message>,
 }
 
 #[derive(Debug)]
@@ -405,7 +406,11 @@ impl Stream {
                 break;
             }
         }
-        Stream { reader, status }
+        Stream {
+            reader,
+            status,
+            skipped: Vec::new(),
+        }
     }
 
     /// The next message (skipping keep-alive comments); fails after the deadline.
@@ -438,20 +443,35 @@ impl Stream {
         }
     }
 
-    /// Reads until a message of `kind` satisfies `pred`.
+    /// The first message of `kind` that satisfies `pred`, whether it came
+    /// already (messages skipped by earlier calls are kept, in order) or
+    /// comes before the deadline.
     fn until(
         &mut self,
         kind: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> (Message, serde_json::Value) {
+        let matches =
+            |m: &Message| m.event == kind && pred(&serde_json::from_str(&m.data).unwrap());
+        if let Some(i) = self.skipped.iter().position(|m| matches(m)) {
+            let m = self.skipped.remove(i);
+            let v = serde_json::from_str(&m.data).unwrap();
+            return (m, v);
+        }
+        let until = std::time::Instant::now() + common::DEADLINE;
         loop {
+            // Keep-alive comments keep reads short, so this deadline is checked.
+            assert!(
+                std::time::Instant::now() < until,
+                "no {kind} message as wanted; skipped: {:?}",
+                self.skipped
+            );
             let m = self.next();
-            if m.event == kind {
-                let v: serde_json::Value = serde_json::from_str(&m.data).unwrap();
-                if pred(&v) {
-                    return (m, v);
-                }
+            if matches(&m) {
+                let v = serde_json::from_str(&m.data).unwrap();
+                return (m, v);
             }
+            self.skipped.push(m);
         }
     }
 }
