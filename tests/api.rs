@@ -453,7 +453,7 @@ impl Stream {
     ) -> (Message, serde_json::Value) {
         let matches =
             |m: &Message| m.event == kind && pred(&serde_json::from_str(&m.data).unwrap());
-        if let Some(i) = self.skipped.iter().position(|m| matches(m)) {
+        if let Some(i) = self.skipped.iter().position(&matches) {
             let m = self.skipped.remove(i);
             let v = serde_json::from_str(&m.data).unwrap();
             return (m, v);
