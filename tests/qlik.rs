@@ -264,42 +264,29 @@ fn failures_name_the_proxy_and_what_went_wrong() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    // Listing the finance virtual proxy fails (exit 1); what it says.
+    let refused = |cfg: &Path| {
+        let out = whosin(cfg, &["sessions", "list", "--virtual-proxy", "finance"], "");
+        assert_eq!(out.status.code(), Some(1));
+        text(&out).1
+    };
     // 403.
     qps.set_mode(Mode::Forbidden);
-    let out = whosin(
-        &cfg,
-        &["sessions", "list", "--virtual-proxy", "finance"],
-        "",
-    );
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = refused(&cfg);
     assert!(
         stderr.contains("virtual proxy \"finance\": 403 Forbidden"),
         "{stderr}"
     );
-
     // Not a session list.
     qps.set_mode(Mode::Garbage);
-    let out = whosin(
-        &cfg,
-        &["sessions", "list", "--virtual-proxy", "finance"],
-        "",
-    );
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = refused(&cfg);
     assert!(stderr.contains("unexpected answer"), "{stderr}");
 
     // A proxy that does not answer: the request timeout.
     qps.set_mode(Mode::Hang);
     let short = config(dir.path(), &qps, "client.pem", "client_key.pem", "1s");
     let started = std::time::Instant::now();
-    let out = whosin(
-        &short,
-        &["sessions", "list", "--virtual-proxy", "finance"],
-        "",
-    );
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = refused(&short);
     assert!(stderr.contains("timed out"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     qps.set_mode(Mode::Normal);

@@ -178,6 +178,24 @@ pub struct Corrections {
     pub started: usize,
 }
 
+impl Outcome {
+    /// Records that session `s` on `host` ended at `at` (never before it started).
+    fn end_session(&mut self, host: String, s: &Session, at: Timestamp, reason: EndReason) {
+        let at = at.max(s.started_at);
+        self.ended.push(Ended {
+            host,
+            reason,
+            duration: elapsed(s.started_at, at),
+        });
+        self.changes.push(Change::SessionEnded {
+            id: s.id,
+            started_at: s.started_at,
+            at,
+            reason,
+        });
+    }
+}
+
 /// One open proxy session.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {
@@ -497,17 +515,7 @@ impl LiveState {
                 let s = user.sessions.remove(pos);
                 host.sessions -= 1;
                 let at = ev.time();
-                out.ended.push(Ended {
-                    host: ev.host.clone(),
-                    reason: EndReason::Stopped,
-                    duration: elapsed(s.started_at, at),
-                });
-                out.changes.push(Change::SessionEnded {
-                    id: s.id,
-                    started_at: s.started_at,
-                    at,
-                    reason: EndReason::Stopped,
-                });
+                out.end_session(ev.host.clone(), &s, at, EndReason::Stopped);
                 host.connections -= close_with_session(user, sid, at, &mut out.changes);
                 if user.sessions.is_empty() {
                     host.users.remove(key);
@@ -675,17 +683,12 @@ impl LiveState {
                     let s = user.sessions.remove(i);
                     h.sessions -= 1;
                     fixes.ended += 1;
-                    out.ended.push(Ended {
-                        host: host.clone(),
-                        reason: EndReason::Reconciled,
-                        duration: elapsed(s.started_at, listed_at),
-                    });
-                    out.changes.push(Change::SessionEnded {
-                        id: s.id,
-                        started_at: s.started_at,
-                        at: listed_at.max(s.started_at),
-                        reason: EndReason::Reconciled,
-                    });
+                    out.end_session(
+                        host.clone(),
+                        &s,
+                        listed_at.max(s.started_at),
+                        EndReason::Reconciled,
+                    );
                     h.connections -= close_with_session(
                         user,
                         s.proxy_session_id.as_deref(),
@@ -790,17 +793,7 @@ impl LiveState {
                         .checked_add(timeout)
                         .map_or(now, |t| t.min(now))
                         .max(s.started_at);
-                    out.ended.push(Ended {
-                        host: name.clone(),
-                        reason: EndReason::Expired,
-                        duration: elapsed(s.started_at, at),
-                    });
-                    out.changes.push(Change::SessionEnded {
-                        id: s.id,
-                        started_at: s.started_at,
-                        at,
-                        reason: EndReason::Expired,
-                    });
+                    out.end_session(name.clone(), s, at, EndReason::Expired);
                     ended_at = ended_at.max(Some(at));
                     expired_sessions += 1;
                     false
