@@ -188,19 +188,25 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         stop.clone(),
     )?;
 
-    let app = crate::http::router(AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        prometheus_enabled: config.sinks.prometheus.enabled,
-        core: tx.clone(),
-        journal_path,
-        auth_token: config.http.auth_token.as_deref().map(Arc::from),
-        feed: feed.clone(),
-        stop: stop_http.clone(),
-        streams: Arc::new(tokio::sync::Semaphore::new(
-            crate::http::stream::MAX_STREAMS,
-        )),
-    });
+    let app = crate::http::router(
+        AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            prometheus_enabled: config.sinks.prometheus.enabled,
+            core: tx.clone(),
+            journal_path,
+            auth_token: config.http.auth_token.as_deref().map(Arc::from),
+            feed: feed.clone(),
+            stop: stop_http.clone(),
+            streams: Arc::new(tokio::sync::Semaphore::new(
+                crate::http::stream::MAX_STREAMS,
+            )),
+        },
+        crate::http::RequestLimits {
+            timeout: config.http.request_timeout.get(),
+            max_body_bytes: config.http.max_body_bytes,
+        },
+    );
     let _watch = match source {
         config::Source::File(path) => start_watch(
             path,
@@ -219,14 +225,19 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     );
 
     let ending = stop_http.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Open event streams end, or the server would wait for them.
-            ending.cancel();
-        })
-        .await
-        .context("HTTP server failed")?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        // Open event streams end with the server, or it would wait for them.
+        ending.cancel();
+    });
+    crate::http::server::serve(
+        listener,
+        app,
+        crate::http::server::Limits::from_config(&config.http),
+        stop_http,
+    )
+    .await
+    .context("HTTP server failed")?;
 
     tracing::info!("shutting down: finishing the events in hand");
     stop_sinks.cancel();

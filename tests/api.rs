@@ -536,3 +536,73 @@ fn the_stream_carries_events_and_state_and_resumes_after_the_last_id() {
     );
     assert!(d.terminate().success());
 }
+
+/// Reads what the server sends until it closes the connection (or the deadline).
+fn read_until_closed(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[test]
+fn http_limits_refuse_what_is_too_much_and_keep_serving() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let d = Daemon::start(
+        "http:\n  listen: \"127.0.0.1:0\"\n  max_connections: 3\n  header_timeout: \"1s\"\n  \
+         request_timeout: \"1s\"\n  max_header_bytes: 8192\n  max_body_bytes: 1024\n",
+    );
+    let get = |path: &str, headers: &str| http_get_with(d.http, path, headers);
+
+    // A head larger than max_header_bytes: 431, and the next request is served.
+    let big = format!("X-Junk: {}\r\n", "a".repeat(10_000));
+    assert_eq!(get("/healthz", &big).0, 431);
+    // A body over max_body_bytes is refused before it is read.
+    assert_eq!(get("/healthz", "Content-Length: 100000\r\n").0, 413);
+    assert_eq!(get("/healthz", "").0, 200);
+
+    // A client that never finishes its head (slowloris) is cut off after
+    // header_timeout, and so is an idle keep-alive connection.
+    let t0 = std::time::Instant::now();
+    let mut slow = TcpStream::connect(d.http).unwrap();
+    write!(slow, "GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut idle = TcpStream::connect(d.http).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut third = TcpStream::connect(d.http).unwrap();
+
+    // Every permit is taken: the next connection is told so at once.
+    let mut refused = TcpStream::connect(d.http).unwrap();
+    write!(refused, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut refused);
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("http.max_connections"),
+        "{answer}"
+    );
+
+    // The cut-off ones are closed by the server, not left hanging.
+    let slow_answer = read_until_closed(&mut slow);
+    assert!(!slow_answer.contains("200 OK"), "{slow_answer}");
+    let idle_answer = read_until_closed(&mut idle);
+    assert!(idle_answer.starts_with("HTTP/1.1 200"), "{idle_answer}");
+    assert_eq!(read_until_closed(&mut third), "");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "closed before header_timeout"
+    );
+    // Their permits are back.
+    assert_eq!(get("/readyz", "").0, 200);
+}
+
+#[test]
+fn the_stream_outlives_the_request_timeout() {
+    let d = Daemon::start("http:\n  listen: \"127.0.0.1:0\"\n  request_timeout: \"1s\"\n");
+    let mut s = Stream::open(&d, "/api/v1/stream", "");
+    assert_eq!(s.status, 200);
+    // Waiting past the timeout is the point of this test, not synchronisation.
+    std::thread::sleep(Duration::from_millis(1500));
+    d.send(start("n1", "LAB\\late").as_bytes());
+    let (_, ev) = s.until("event", |v| v["user"] == "LAB\\late");
+    assert_eq!(ev["event"], "session_start");
+}

@@ -357,6 +357,45 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             format!("{} is out of range 1..65535", c.udp.max_datagram_bytes),
         );
     }
+    if c.udp.rate_limit_per_source == Some(0) {
+        p(
+            "udp.rate_limit_per_source",
+            "0 would refuse everything: null switches the limit off".into(),
+        );
+    }
+    let mut range = |path: &str, v: usize, lo: usize, hi: usize| {
+        if !(lo..=hi).contains(&v) {
+            p(path, format!("{v} is out of range {lo}..{hi}"));
+        }
+    };
+    range("http.max_connections", c.http.max_connections, 1, 100_000);
+    range(
+        "http.max_header_bytes",
+        c.http.max_header_bytes,
+        8 * 1024,
+        1024 * 1024,
+    );
+    range("http.max_body_bytes", c.http.max_body_bytes, 0, 1024 * 1024);
+    range(
+        "sessions.max_tracked",
+        c.sessions.max_tracked,
+        100,
+        100_000_000,
+    );
+    range(
+        "journal.max_uncommitted",
+        c.journal.max_uncommitted,
+        1_000,
+        100_000_000,
+    );
+    for (path, d) in [
+        ("http.header_timeout", &c.http.header_timeout),
+        ("http.request_timeout", &c.http.request_timeout),
+    ] {
+        if d.get().is_zero() {
+            p(path, "must be longer than 0s".into());
+        }
+    }
     if c.http
         .auth_token
         .as_deref()
@@ -595,6 +634,33 @@ mod tests {
         assert_eq!(c.udp.listen.to_string(), "0.0.0.0:9997");
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9842");
         assert_eq!(c.data_dir, PathBuf::from("./data"));
+        // It documents the defaults: every section but the blacklist is them.
+        let d = Config::default();
+        assert_eq!(
+            (&c.udp, &c.http, &c.journal, &c.sessions, &c.sinks),
+            (&d.udp, &d.http, &d.journal, &d.sessions, &d.sinks)
+        );
+    }
+
+    #[test]
+    fn limits_out_of_range_are_named() {
+        let p = problems(
+            "udp: {rate_limit_per_source: 0}\nhttp: {max_connections: 0, max_header_bytes: 100, \
+             header_timeout: 0s}\nsessions: {max_tracked: 5}\njournal: {max_uncommitted: 10}\n",
+        );
+        for key in [
+            "udp.rate_limit_per_source",
+            "http.max_connections",
+            "http.max_header_bytes",
+            "http.header_timeout",
+            "sessions.max_tracked",
+            "journal.max_uncommitted",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(&format!("{key}:"))),
+                "{key} not named in {p:?}"
+            );
+        }
     }
 
     #[test]

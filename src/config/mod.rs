@@ -119,6 +119,9 @@ pub struct UdpConfig {
     pub allowed_sources: Vec<ipnet::IpNet>,
     /// Datagrams longer than this are rejected as `too_large`.
     pub max_datagram_bytes: usize,
+    /// Most datagrams per second taken from one source IP; the rest are
+    /// rejected as `rate_limited`. `None`: no limit.
+    pub rate_limit_per_source: Option<u32>,
 }
 
 impl Default for UdpConfig {
@@ -127,6 +130,7 @@ impl Default for UdpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9997)),
             allowed_sources: Vec::new(),
             max_datagram_bytes: 65_507,
+            rate_limit_per_source: None,
         }
     }
 }
@@ -140,6 +144,17 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// When set, `/api/*` requires `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
+    /// Most connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (also how
+    /// long an idle keep-alive connection stays open).
+    pub header_timeout: HumanDuration,
+    /// How long a request may take to answer (the event stream excepted).
+    pub request_timeout: HumanDuration,
+    /// Largest request head (request line and headers); more is answered 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; more is answered 413 (every route is a GET).
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -147,6 +162,11 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9842)),
             auth_token: None,
+            max_connections: 256,
+            header_timeout: HumanDuration::from_secs(10),
+            request_timeout: HumanDuration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 16 * 1024,
         }
     }
 }
@@ -157,12 +177,16 @@ impl Default for HttpConfig {
 pub struct JournalConfig {
     /// An accepted event is committed within this long (what a crash can lose).
     pub commit_window: HumanDuration,
+    /// While the disk refuses writes, at most this many rows wait in memory;
+    /// beyond it the oldest are dropped (and counted).
+    pub max_uncommitted: usize,
 }
 
 impl Default for JournalConfig {
     fn default() -> Self {
         Self {
             commit_window: HumanDuration::from_millis(100),
+            max_uncommitted: 500_000,
         }
     }
 }
@@ -173,12 +197,16 @@ impl Default for JournalConfig {
 pub struct SessionsConfig {
     /// A session with no open connection and no event for this long ends as expired.
     pub idle_timeout: HumanDuration,
+    /// Most sessions plus connections tracked at once; beyond it the session
+    /// idle the longest ends as evicted (and is counted).
+    pub max_tracked: usize,
 }
 
 impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
             idle_timeout: HumanDuration::from_secs(30 * 60),
+            max_tracked: 1_000_000,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP server: the JSON API, `/metrics`, `/healthz`, `/readyz`.
 
 pub mod api;
+pub mod server;
 pub mod stream;
 
 use std::path::PathBuf;
@@ -72,26 +73,53 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
 }
 
+/// Limits on a request (`http.request_timeout`, `http.max_body_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// Longest time to answer; the event stream is exempt (it is meant to last).
+    pub timeout: std::time::Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
 /// The router with every route.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, limits: RequestLimits) -> Router {
+    let token = || axum::middleware::from_fn_with_state(state.clone(), api::require_token);
     let api = Router::new()
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/concurrency", get(api::concurrency))
-        .route("/api/v1/stream", get(stream::stream))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            api::require_token,
-        ));
-    Router::new()
+        .route_layer(token());
+    let timed = Router::new()
         .merge(api)
         .route("/", get(index))
         .route("/assets/page.js", get(page_js))
         .route("/assets/page.css", get(page_css))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let timed = time_limited(timed, limits.timeout);
+    let stream = Router::new()
+        .route("/api/v1/stream", get(stream::stream))
+        .route_layer(token());
+    Router::new()
+        .merge(timed)
+        .merge(stream)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.max_body_bytes,
+        ))
         .with_state(state)
+}
+
+/// Answers 503 when a route takes longer than `timeout` to answer.
+fn time_limited<S: Clone + Send + Sync + 'static>(
+    r: Router<S>,
+    timeout: std::time::Duration,
+) -> Router<S> {
+    r.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        timeout,
+    ))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -197,4 +225,30 @@ async fn readyz(State(s): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_slow_answer_is_cut_off_at_the_request_timeout() {
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let app = time_limited(slow, std::time::Duration::from_millis(50));
+        let req = axum::http::Request::get("/slow")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = tokio::time::timeout(std::time::Duration::from_secs(10), app.oneshot(req))
+            .await
+            .expect("answered long before the handler would")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }
