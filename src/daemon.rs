@@ -35,6 +35,7 @@ pub fn core_settings(c: &Config) -> anyhow::Result<CoreSettings> {
     Ok(CoreSettings {
         blacklist: Blacklist::new(&c.blacklist).context("compiling the blacklist")?,
         idle_timeout: c.sessions.idle_timeout.get(),
+        max_tracked: c.sessions.max_tracked,
     })
 }
 
@@ -182,6 +183,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         IngestSettings {
             max_datagram_bytes: config.udp.max_datagram_bytes,
             allowed_sources: config.udp.allowed_sources.clone(),
+            rate_limit_per_source: config.udp.rate_limit_per_source,
         },
         metrics.clone(),
         tx.clone(),

@@ -59,6 +59,12 @@ pub struct Metrics {
     pub reconcile_runs: IntCounterVec,
     /// `whosin_reconcile_corrections_total{kind}` (`ended`, `started`)
     pub reconcile_corrections: IntCounterVec,
+    /// `whosin_sessions_evicted_total`
+    pub sessions_evicted: IntCounter,
+    /// `whosin_journal_rows_dropped_total`
+    pub journal_dropped: IntCounter,
+    /// `whosin_journal_uncommitted_rows`
+    pub journal_uncommitted: IntGauge,
 }
 
 /// Handles to one host's series, so the hot path does not look labels up.
@@ -205,6 +211,22 @@ impl Metrics {
                 "whosin_reconcile_corrections_total",
                 "Sessions reconciliation ended (the proxy no longer had them) or started (the proxy had them, whosin had not).",
                 &["kind"],
+            ),
+            sessions_evicted: plain(
+                "whosin_sessions_evicted_total",
+                "Sessions ended to stay within sessions.max_tracked, the longest idle first.",
+            ),
+            journal_dropped: plain(
+                "whosin_journal_rows_dropped_total",
+                "Journal rows (events and state changes) dropped because the disk refused them for longer than journal.max_uncommitted rows.",
+            ),
+            journal_uncommitted: register(
+                &r,
+                IntGauge::with_opts(Opts::new(
+                    "whosin_journal_uncommitted_rows",
+                    "Journal rows waiting in memory to be committed.",
+                ))
+                .unwrap(),
             ),
             registry: r,
         };

@@ -166,6 +166,48 @@ fn sources_outside_allowed_sources_are_rejected() {
 }
 
 #[test]
+fn a_chatty_source_is_rate_limited_and_made_up_users_are_capped() {
+    let d = Daemon::start(
+        "udp:\n  listen: \"127.0.0.1:0\"\n  rate_limit_per_source: 300\nsessions:\n  max_tracked: 100\n",
+    );
+    let n = 1000;
+    for i in 0..n {
+        d.send(session("n1", "Start session", &format!("LAB\\made_up_{i}")).as_bytes());
+    }
+    d.wait_metric("whosin_datagrams_received_total", n as f64);
+    // The core counts what the receiver handed over a moment later.
+    let until = std::time::Instant::now() + common::DEADLINE;
+    let (m, accepted) = loop {
+        let m = d.metrics();
+        let limited = m.must("whosin_datagrams_rejected_total{reason=\"rate_limited\"}");
+        let accepted = m
+            .get("qliksense_user_events_total{event=\"session_start\",host=\"n1\"}")
+            .unwrap_or(0.0);
+        if limited + accepted == n as f64 {
+            break (m, accepted);
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{limited} + {accepted} != {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // One second's budget, or two if the burst straddled a second.
+    assert!((300.0..=600.0).contains(&accepted), "{accepted} accepted");
+
+    // Every accepted start is a session, but at most 100 are tracked: the
+    // longest idle were evicted, counted, and ended in the journal.
+    let active = m.must("qliksense_sessions_active{host=\"n1\"}");
+    assert!((90.0..=100.0).contains(&active), "{active} active");
+    assert_eq!(m.must("whosin_sessions_evicted_total"), accepted - active);
+    let v = d.json("/api/v1/sessions");
+    let listed = v["sessions"].as_array().unwrap();
+    assert_eq!(listed.len() as f64, active);
+    assert!(listed.iter().all(|s| s["user"] != "LAB\\made_up_0"));
+    assert_eq!(d.get("/readyz").0, 200);
+}
+
+#[test]
 fn oversized_datagrams_are_rejected_and_the_next_one_counts() {
     let d = Daemon::start("udp:\n  listen: \"127.0.0.1:0\"\n  max_datagram_bytes: 200\n");
     let big = format!(

@@ -33,6 +33,8 @@ pub struct IngestSettings {
     pub max_datagram_bytes: usize,
     /// Allowed sources; empty allows all.
     pub allowed_sources: Vec<ipnet::IpNet>,
+    /// Most datagrams per second from one source IP.
+    pub rate_limit_per_source: Option<u32>,
 }
 
 /// Starts the receive thread. It stops when `stop` is set, after handing over
@@ -49,12 +51,20 @@ pub fn spawn(
         .spawn(move || {
             let mut parser = Parser::new();
             let mut log = RejectLog::default();
+            let mut limiter = RateLimiter::default();
             let result = udp::receive_loop(
                 &sock,
                 settings.max_datagram_bytes,
                 &stop,
                 |batch| {
-                    let events = handle_batch(batch, &settings, &mut parser, &metrics, &mut log);
+                    let events = handle_batch(
+                        batch,
+                        &settings,
+                        &mut parser,
+                        &mut limiter,
+                        &metrics,
+                        &mut log,
+                    );
                     if !events.is_empty() {
                         // The core outlives this thread; a send can only fail at
                         // shutdown, when there is nobody left to count for.
@@ -78,6 +88,7 @@ pub fn handle_batch(
     batch: &[udp::Datagram<'_>],
     settings: &IngestSettings,
     parser: &mut Parser,
+    limiter: &mut RateLimiter,
     metrics: &Metrics,
     log: &mut RejectLog,
 ) -> Vec<Event> {
@@ -88,6 +99,10 @@ pub fn handle_batch(
             .is_some_and(|a| !udp::source_allowed(&settings.allowed_sources, a.ip()))
         {
             Err(Reject::SourceNotAllowed)
+        } else if let (Some(limit), Some(from)) = (settings.rate_limit_per_source, d.from)
+            && !limiter.admit(from.ip(), d.received_at.as_second(), limit)
+        {
+            Err(Reject::RateLimited)
         } else if d.truncated || d.data.len() > settings.max_datagram_bytes {
             Err(Reject::TooLarge)
         } else {
@@ -102,6 +117,29 @@ pub fn handle_batch(
         }
     }
     events
+}
+
+/// Counts datagrams per source IP in one-second windows, for
+/// `udp.rate_limit_per_source`.
+#[derive(Default)]
+pub struct RateLimiter {
+    second: i64,
+    counts: foldhash::HashMap<std::net::IpAddr, u32>,
+}
+
+impl RateLimiter {
+    /// Whether one more datagram from `ip` in second `second` is within `limit`.
+    pub fn admit(&mut self, ip: std::net::IpAddr, second: i64, limit: u32) -> bool {
+        if second != self.second {
+            // A new second: every source starts again (this also bounds the
+            // map to the sources of one second, however many are spoofed).
+            self.second = second;
+            self.counts.clear();
+        }
+        let n = self.counts.entry(ip).or_insert(0);
+        *n = n.saturating_add(1);
+        *n <= limit
+    }
 }
 
 /// Rate-limited warnings about rejected datagrams: one line per
@@ -166,11 +204,23 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_limit_counts_per_source_and_second() {
+        let mut l = RateLimiter::default();
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!((0..3).all(|_| l.admit(a, 100, 3)));
+        assert!(!l.admit(a, 100, 3));
+        assert!(l.admit(b, 100, 3), "another source has its own budget");
+        assert!(l.admit(a, 101, 3), "a new second starts again");
+    }
+
+    #[test]
     fn batch_counts_every_datagram_once() {
         let metrics = Metrics::new(&[]);
         let settings = IngestSettings {
             max_datagram_bytes: 100,
             allowed_sources: vec!["127.0.0.1/32".parse().unwrap()],
+            rate_limit_per_source: None,
         };
         let ok = b"/qseow-proxy-session/;h;Start session;D;u;;;";
         let now = jiff::Timestamp::now();
@@ -192,6 +242,7 @@ mod tests {
             &batch,
             &settings,
             &mut Parser::new(),
+            &mut RateLimiter::default(),
             &metrics,
             &mut RejectLog::default(),
         );

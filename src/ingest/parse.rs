@@ -44,11 +44,13 @@ pub enum Reject {
     InvalidTime,
     /// The extended format's counter is not a whole number.
     InvalidSequence,
+    /// Its source sent more than `udp.rate_limit_per_source` this second.
+    RateLimited,
 }
 
 impl Reject {
     /// Every reason, so metrics can expose each at 0 from the start.
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 11] = [
         Reject::Empty,
         Reject::TooLarge,
         Reject::SourceNotAllowed,
@@ -59,6 +61,7 @@ impl Reject {
         Reject::EmptyHost,
         Reject::InvalidTime,
         Reject::InvalidSequence,
+        Reject::RateLimited,
     ];
 
     /// The metric label.
@@ -74,6 +77,7 @@ impl Reject {
             Reject::EmptyHost => "empty_host",
             Reject::InvalidTime => "invalid_time",
             Reject::InvalidSequence => "invalid_sequence",
+            Reject::RateLimited => "rate_limited",
         }
     }
 

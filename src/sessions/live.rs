@@ -34,6 +34,9 @@ pub enum EndReason {
     Expired,
     /// The Qlik proxy no longer had it (a lost `Stop session`).
     Reconciled,
+    /// whosin tracked `sessions.max_tracked` sessions and connections and
+    /// ended this one, idle the longest, to make room.
+    Evicted,
 }
 
 impl EndReason {
@@ -43,6 +46,7 @@ impl EndReason {
             EndReason::Stopped => "stopped",
             EndReason::Expired => "expired",
             EndReason::Reconciled => "reconciled",
+            EndReason::Evicted => "evicted",
         }
     }
 }
@@ -766,6 +770,63 @@ impl LiveState {
         (out, fixes)
     }
 
+    /// How many sessions and connections are tracked, on every host.
+    pub fn tracked(&self) -> usize {
+        self.hosts
+            .values()
+            .map(|h| h.sessions + h.connections)
+            .sum()
+    }
+
+    /// Ends sessions (with their tabs), the longest idle first, until at most
+    /// `max` sessions and connections are tracked. A hundredth of `max` more
+    /// is freed than needed, so the scan over every session this takes runs
+    /// once per that many new entries, not once per event.
+    pub fn evict(&mut self, max: usize, now: Timestamp) -> Outcome {
+        let mut out = Outcome::default();
+        let mut total = self.tracked();
+        if total <= max {
+            return out;
+        }
+        let target = max - max / 100;
+        let mut idle: Vec<(Timestamp, u64, &String, &String)> = Vec::new();
+        for (host, h) in &self.hosts {
+            for (key, user) in &h.users {
+                idle.extend(
+                    user.sessions
+                        .iter()
+                        .map(|s| (s.last_event, s.id, host, key)),
+                );
+            }
+        }
+        idle.sort_unstable_by_key(|&(last, id, ..)| (last, id));
+        let idle: Vec<(u64, String, String)> = idle
+            .into_iter()
+            .map(|(_, id, host, key)| (id, host.clone(), key.clone()))
+            .collect();
+        for (id, host, key) in idle {
+            if total <= target {
+                break;
+            }
+            let h = self.hosts.get_mut(&host).expect("listed above");
+            let user = h.users.get_mut(&key).expect("listed above");
+            let Some(i) = user.sessions.iter().position(|s| s.id == id) else {
+                continue;
+            };
+            let s = user.sessions.remove(i);
+            h.sessions -= 1;
+            out.end_session(host.clone(), &s, now, EndReason::Evicted);
+            let closed =
+                close_with_session(user, s.proxy_session_id.as_deref(), now, &mut out.changes);
+            h.connections -= closed;
+            total -= 1 + closed;
+            if user.sessions.is_empty() {
+                h.users.remove(&key);
+            }
+        }
+        out
+    }
+
     /// Ends, as expired, every session with no open connection and no event
     /// for the idle timeout as of `now`.
     pub fn expire(&mut self, now: Timestamp) -> Outcome {
@@ -1241,6 +1302,39 @@ mod tests {
                 .unmatched
         );
         assert_eq!(counts(&s, "n1"), (1, 1, 1));
+    }
+
+    #[test]
+    fn over_the_cap_the_longest_idle_sessions_are_evicted_with_their_tabs() {
+        let mut s = LiveState::new(Duration::from_secs(3600));
+        // 200 users, each with a session and one tab: 400 tracked.
+        for i in 0..200 {
+            let u = format!("LAB\\u{i}");
+            s.apply(&ev(Command::SessionStart, "n1", &u, "", i));
+            s.apply(&ev(Command::ConnectionOpen, "n1", &u, "/app/x", i));
+        }
+        assert_eq!(s.tracked(), 400);
+        assert!(s.evict(400, at(500)).changes.is_empty());
+        // u0 becomes the most recently active.
+        s.apply(&ev(Command::ConnectionOpen, "n1", "LAB\\u0", "/app/y", 300));
+        let out = s.evict(400, at(500));
+        // 401 > 400: freed down to 396 (a hundredth ahead), two entries per
+        // user, the longest idle first: u1, u2 and u3 go; u0 is busy again.
+        assert_eq!(s.tracked(), 395);
+        assert_eq!(out.ended.len(), 3);
+        assert!(out.ended.iter().all(|e| e.reason == EndReason::Evicted));
+        let users = &s.host("n1").unwrap().users;
+        for gone in ["lab\\u1", "lab\\u2", "lab\\u3"] {
+            assert!(!users.contains_key(gone), "{gone} not evicted");
+        }
+        assert!(users.contains_key("lab\\u0") && users.contains_key("lab\\u4"));
+        let closed = out
+            .changes
+            .iter()
+            .filter(|c| matches!(c, Change::ConnectionClosed { .. }))
+            .count();
+        assert_eq!(closed, 3);
+        assert_eq!(counts(&s, "n1"), (197, 198, 197));
     }
 
     #[test]

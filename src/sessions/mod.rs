@@ -23,6 +23,9 @@ use crate::event::{Event, Stream};
 use crate::metrics::{HostMetrics, Metrics};
 use live::{Ended, LiveState, UserKey};
 
+/// How often at most evictions are logged (they are always counted).
+const EVICT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How often idle sessions are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
@@ -37,6 +40,8 @@ pub struct CoreSettings {
     pub blacklist: Blacklist,
     /// When idle sessions expire.
     pub idle_timeout: Duration,
+    /// Most sessions plus connections tracked; beyond, the longest idle are evicted.
+    pub max_tracked: usize,
 }
 
 /// What the core's thread receives.
@@ -77,6 +82,9 @@ pub struct Core {
     feed: Option<Arc<feed::Feed>>,
     /// Hosts whose state changed since the feed was last refreshed.
     dirty: std::collections::HashSet<String>,
+    /// When evictions were last logged, and how many since.
+    evict_logged: Option<std::time::Instant>,
+    evicted_unlogged: u64,
 }
 
 impl Core {
@@ -93,6 +101,8 @@ impl Core {
             next_seq: 1,
             feed: None,
             dirty: Default::default(),
+            evict_logged: None,
+            evicted_unlogged: 0,
         }
     }
 
@@ -147,6 +157,7 @@ impl Core {
             return None;
         }
         let outcome = self.state.apply_keyed(&ev, &key);
+        let received_at = ev.received_at;
         if outcome.unmatched {
             self.metrics
                 .events_unmatched
@@ -168,6 +179,7 @@ impl Core {
             self.outbox
                 .extend(outcome.changes.into_iter().map(journal::Write::Change));
         }
+        self.enforce_cap(received_at);
         Some(seq)
     }
 
@@ -248,6 +260,35 @@ impl Core {
             for host in self.dirty.drain() {
                 feed.update(&host, feed::host_snapshot(&self.state, &host), now);
             }
+        }
+    }
+
+    /// Keeps the state within `max_tracked` (a flood of made-up users must
+    /// not take all memory): the longest idle sessions end as evicted.
+    fn enforce_cap(&mut self, now: Timestamp) {
+        let outcome = self.state.evict(self.settings.max_tracked, now);
+        if outcome.ended.is_empty() {
+            return;
+        }
+        let n = outcome.ended.len() as u64;
+        self.metrics.sessions_evicted.inc_by(n);
+        self.evicted_unlogged += n;
+        if self
+            .evict_logged
+            .is_none_or(|t| t.elapsed() >= EVICT_LOG_EVERY)
+        {
+            tracing::warn!(
+                "sessions and connections reached sessions.max_tracked ({}): ended {} sessions, \
+                 the longest idle, as evicted (whosin_sessions_evicted_total)",
+                self.settings.max_tracked,
+                std::mem::take(&mut self.evicted_unlogged)
+            );
+            self.evict_logged = Some(std::time::Instant::now());
+        }
+        self.record_ended(&outcome.ended);
+        if self.journal.is_some() {
+            self.outbox
+                .extend(outcome.changes.into_iter().map(journal::Write::Change));
         }
     }
 
@@ -345,6 +386,7 @@ mod tests {
         let settings = CoreSettings {
             blacklist: Blacklist::new(entries).unwrap(),
             idle_timeout: Duration::from_secs(60),
+            max_tracked: 1_000_000,
         };
         (Core::new(Arc::new(settings), metrics.clone()), metrics)
     }
@@ -391,6 +433,32 @@ mod tests {
             "/whosin-connection/;2026-11-21T08:59:59.120Z;7;n1;Open connection;LAB;u;;;;",
         ));
         assert_eq!(m.events_lost.with_label_values(&["n1"]).get(), 2);
+    }
+
+    #[test]
+    fn the_cap_evicts_and_counts_and_the_gauges_follow() {
+        let (mut c, m) = core(&[]);
+        c.settings = Arc::new(CoreSettings {
+            blacklist: Blacklist::new(&[]).unwrap(),
+            idle_timeout: Duration::from_secs(60),
+            max_tracked: 100,
+        });
+        for i in 0..250 {
+            c.handle(ev(&format!(
+                "/qseow-proxy-session/;n1;Start session;LAB;u{i};;;"
+            )));
+        }
+        let kept = c.state().tracked();
+        assert!((90..=100).contains(&kept), "{kept} tracked");
+        assert_eq!(m.sessions_evicted.get(), 250 - kept as u64);
+        assert_eq!(
+            m.sessions_active.with_label_values(&["n1"]).get(),
+            kept as i64
+        );
+        // The newest are kept.
+        let users = &c.state().host("n1").unwrap().users;
+        assert!(users.contains_key("lab\\u249"));
+        assert!(!users.contains_key("lab\\u0"));
     }
 
     #[test]
