@@ -14,10 +14,14 @@ fn main() {
     let health = std::sync::Arc::new(journal::JournalHealth::default());
     let writer = journal::spawn_writer(
         conn,
-        Duration::from_millis(100),
-        Duration::from_secs(86400),
+        journal::WriterSettings {
+            window: Duration::from_millis(100),
+            retention: Duration::from_secs(86400),
+            max_uncommitted: 500_000,
+        },
         rx,
         health,
+        whosin::metrics::Metrics::new(&[]),
     )
     .unwrap();
     let mut g = Generator::new(5000, 2, WireFormat::Legacy, 1);

@@ -121,10 +121,14 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     let (jtx, jrx) = std::sync::mpsc::channel();
     let journal_thread = journal::spawn_writer(
         conn,
-        config.journal.commit_window.get(),
-        config.retention.get(),
+        journal::WriterSettings {
+            window: config.journal.commit_window.get(),
+            retention: config.retention.get(),
+            max_uncommitted: config.journal.max_uncommitted,
+        },
         jrx,
         journal_health.clone(),
+        metrics.clone(),
     )?;
 
     let feed = Arc::new(sessions::feed::Feed::default());

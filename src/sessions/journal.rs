@@ -31,10 +31,6 @@ pub const FILE_NAME: &str = "whosin.sqlite";
 /// Most rows written in one transaction.
 const MAX_BATCH: usize = 20_000;
 
-/// Most rows kept in memory while the disk refuses writes; beyond this the
-/// oldest are dropped (and logged), so a full disk cannot exhaust memory.
-const MAX_PENDING: usize = 1_000_000;
-
 /// How often old rows are deleted.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -285,15 +281,32 @@ pub struct JournalHealth {
     pub error: Mutex<Option<String>>,
 }
 
+/// How the writer commits (from `journal` and `retention`).
+pub struct WriterSettings {
+    /// Rows are committed at most this long after they arrive.
+    pub window: Duration,
+    /// How long events and ended sessions are kept.
+    pub retention: Duration,
+    /// Most rows kept in memory while the disk refuses writes; beyond this
+    /// the oldest are dropped (and counted), so a full disk cannot exhaust
+    /// memory.
+    pub max_uncommitted: usize,
+}
+
 /// Runs the writer on its own thread until every sender is gone (it then
 /// commits what it has and stops).
 pub fn spawn_writer(
     conn: Connection,
-    window: Duration,
-    retention: Duration,
+    settings: WriterSettings,
     rx: Receiver<Write>,
     health: Arc<JournalHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let WriterSettings {
+        window,
+        retention,
+        max_uncommitted,
+    } = settings;
     std::thread::Builder::new()
         .name("whosin-journal".into())
         .spawn(move || {
@@ -301,6 +314,8 @@ pub fn spawn_writer(
                 conn,
                 pending: VecDeque::new(),
                 health,
+                metrics,
+                max_uncommitted,
                 dropped: 0,
                 committed_since_trim: 0,
             };
@@ -372,6 +387,8 @@ struct Writer {
     conn: Connection,
     pending: VecDeque<Write>,
     health: Arc<JournalHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
+    max_uncommitted: usize,
     dropped: u64,
     committed_since_trim: usize,
 }
@@ -399,13 +416,16 @@ impl Writer {
             }
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= self.max_uncommitted {
             self.pending.pop_front();
             self.dropped += 1;
+            self.metrics.journal_dropped.inc();
             if self.dropped.is_power_of_two() {
                 tracing::error!(
-                    "journal: {} rows dropped because the journal cannot be written",
-                    self.dropped
+                    "journal: {} rows dropped because the journal cannot be written \
+                     and journal.max_uncommitted ({}) rows already wait in memory",
+                    self.dropped,
+                    self.max_uncommitted
                 );
             }
         }
@@ -416,9 +436,15 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        match write_batch(&mut self.conn, self.pending.make_contiguous()) {
+        let result = write_batch(&mut self.conn, self.pending.make_contiguous());
+        if result.is_ok() {
+            self.pending.clear();
+        }
+        self.metrics
+            .journal_uncommitted
+            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+        match result {
             Ok(()) => {
-                self.pending.clear();
                 let mut e = self.health.error.lock().unwrap_or_else(|p| p.into_inner());
                 if e.take().is_some() {
                     tracing::info!("journal: writing again");
@@ -426,13 +452,15 @@ impl Writer {
                 Ok(())
             }
             Err(err) => {
-                let msg = format!("cannot write the journal: {err}");
+                let msg = format!(
+                    "cannot write the journal: {err}; {} rows wait in memory (at most {}, \
+                     journal.max_uncommitted) and are retried",
+                    self.pending.len(),
+                    self.max_uncommitted
+                );
                 let mut e = self.health.error.lock().unwrap_or_else(|p| p.into_inner());
                 if e.is_none() {
-                    tracing::error!(
-                        "{msg}; keeping {} rows in memory and retrying",
-                        self.pending.len()
-                    );
+                    tracing::error!("{msg}");
                 }
                 *e = Some(msg.clone());
                 Err(msg)
@@ -1010,6 +1038,8 @@ mod tests {
             conn,
             pending: VecDeque::new(),
             health: Arc::default(),
+            metrics: crate::metrics::Metrics::new(&[]),
+            max_uncommitted: 1000,
             dropped: 0,
             committed_since_trim: 0,
         };

@@ -1,0 +1,166 @@
+//! A full disk under the journal, for real: a small tmpfs mounted as the data
+//! folder, filled up while whosin runs, then emptied again.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+/// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts it, or says why it cannot (not root, no mount in this container).
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes into `path` until the filesystem says it is full.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(libc_enospc()), "{e}");
+            break;
+        }
+    }
+    // Whatever a smaller write can still take.
+    while f.write_all(&[0x5a; 512]).is_ok() {}
+}
+
+fn libc_enospc() -> i32 {
+    28 // ENOSPC on Linux
+}
+
+fn start(user: &str, n: usize) -> String {
+    // A long message makes each event take real room in the journal.
+    format!(
+        "/qseow-proxy-session/;n1;Start session;LAB;{user}{n};AppAccess;/hub/;Start session for user 'LAB\\{user}{n}' {}",
+        "x".repeat(800)
+    )
+}
+
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + common::DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every user with a journaled session start, oldest first.
+fn journaled(d: &Daemon) -> Vec<String> {
+    let v = d.json("/api/v1/events?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=100000");
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_full_disk_turns_readiness_red_keeps_counting_and_recovers_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _fs = match Tmpfs::mount(&data, "24m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            assert!(
+                !common::required(),
+                "a tmpfs is needed for the full-disk test (run as root): {why}"
+            );
+            eprintln!("skipping: cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let config = common::write_config(
+        dir.path(),
+        "journal:\n  commit_window: \"50ms\"\n  max_uncommitted: 1000\n",
+    );
+    let d = Daemon::start_with(dir, config);
+    for i in 0..20 {
+        d.send(start("before", i).as_bytes());
+    }
+    poll("the first events are journaled", || {
+        (journaled(&d).len() == 20).then_some(())
+    });
+
+    // The disk fills up. Events go on arriving: counted, shown live, kept in memory.
+    fill(&data.join("filler"));
+    for i in 0..300 {
+        d.send(start("during", i).as_bytes());
+    }
+    d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 320.0);
+    let body = poll("readiness turns red", || {
+        let (code, body) = d.get("/readyz");
+        (code == 503).then_some(body)
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["parts"]["journal"]["state"], "failed", "{body}");
+    let detail = v["parts"]["journal"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("full") || detail.contains("No space"),
+        "{detail}"
+    );
+    // Rows wait in memory (each start is an event and a session row); none dropped.
+    let m = d.wait_metric("whosin_journal_uncommitted_rows", 600.0);
+    assert_eq!(m.must("whosin_journal_rows_dropped_total"), 0.0);
+    // The API still answers, from what is on disk.
+    assert_eq!(d.get("/api/v1/sessions").0, 200);
+    assert_eq!(d.get("/metrics").0, 200);
+
+    // Space returns: everything kept is committed, readiness is green again.
+    std::fs::remove_file(data.join("filler")).unwrap();
+    poll("readiness turns green", || {
+        (d.get("/readyz").0 == 200).then_some(())
+    });
+    d.wait_metric("whosin_journal_uncommitted_rows", 0.0);
+    let users = journaled(&d);
+    assert_eq!(users.len(), 320);
+    assert_eq!(users[20], "LAB\\during0");
+    assert_eq!(users[319], "LAB\\during299");
+
+    // Full again, and longer than the buffer holds: the oldest rows go, counted.
+    fill(&data.join("filler"));
+    for i in 0..700 {
+        d.send(start("overflow", i).as_bytes());
+    }
+    d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 1020.0);
+    let m = poll("rows are dropped", || {
+        let m = d.metrics();
+        (m.must("whosin_journal_rows_dropped_total") > 0.0).then_some(m)
+    });
+    assert_eq!(m.must("whosin_journal_uncommitted_rows"), 1000.0);
+    std::fs::remove_file(data.join("filler")).unwrap();
+    poll("readiness turns green again", || {
+        (d.get("/readyz").0 == 200).then_some(())
+    });
+    let users = journaled(&d);
+    assert_eq!(users.last().map(String::as_str), Some("LAB\\overflow699"));
+    assert!(d.terminate().success());
+}
