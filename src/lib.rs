@@ -13,6 +13,7 @@ pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod qlik;
+pub mod ratelog;
 pub mod sessions;
 pub mod simulate;
 pub mod sinks;

@@ -120,11 +120,23 @@ async fn read<T: Send + 'static>(
         // The writer answers once everything before this request is on disk;
         // after a large burst that can take seconds, and a forensic answer
         // must be complete rather than quick.
-        match rx.recv_timeout(FLUSH_TIMEOUT) {
-            Ok(Ok(())) => {}
+        let why = match rx.recv_timeout(FLUSH_TIMEOUT) {
+            Ok(Ok(())) => None,
             // A journal that cannot commit still answers from what it has.
-            Ok(Err(e)) => tracing::warn!("answering without the newest events: {e}"),
-            Err(_) => tracing::warn!("journal commit timed out; answering from what it has"),
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("the journal commit timed out".to_owned()),
+        };
+        if let Some(why) = why {
+            // Every request would say it again while the disk is full.
+            static LOG: std::sync::Mutex<crate::ratelog::RateLog> =
+                std::sync::Mutex::new(crate::ratelog::RateLog::new(Duration::from_secs(60)));
+            let due = LOG.lock().unwrap_or_else(|p| p.into_inner()).due();
+            if let Some(more) = due {
+                tracing::warn!(
+                    "answering from the journal as it is, without the newest events: {why}{}",
+                    crate::ratelog::more(more)
+                );
+            }
         }
         let conn = journal::open_reader(&path)
             .map_err(|e| ApiError::internal(format!("cannot open the journal: {e}")))?;

@@ -11,8 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -64,8 +63,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
-    let refused = Arc::new(AtomicU64::new(0));
-    let mut last_refusal_log: Option<Instant> = None;
+    let mut refusals = crate::ratelog::RateLog::new(REFUSED_LOG_EVERY);
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -80,14 +78,13 @@ pub async fn serve(
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSED_LOG_EVERY) {
+            if let Some(more) = refusals.due() {
                 tracing::warn!(
                     "HTTP connection from {peer} refused: {} connections are open \
-                     (http.max_connections); {n} refused so far",
-                    limits.max_connections
+                     (http.max_connections){}",
+                    limits.max_connections,
+                    crate::ratelog::more(more)
                 );
-                last_refusal_log = Some(Instant::now());
             }
             tracker.spawn(refuse(stream));
             continue;

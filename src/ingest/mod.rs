@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -144,31 +144,26 @@ impl RateLimiter {
 
 /// Rate-limited warnings about rejected datagrams: one line per
 /// [`REJECT_LOG_EVERY`], saying how many were not shown.
-#[derive(Default)]
-pub struct RejectLog {
-    last: Option<Instant>,
-    suppressed: u64,
+pub struct RejectLog(crate::ratelog::RateLog);
+
+impl Default for RejectLog {
+    fn default() -> Self {
+        Self(crate::ratelog::RateLog::new(REJECT_LOG_EVERY))
+    }
 }
 
 impl RejectLog {
     fn rejected(&mut self, reason: Reject, from: Option<SocketAddr>, data: &[u8]) {
-        if self.last.is_some_and(|t| t.elapsed() < REJECT_LOG_EVERY) {
-            self.suppressed += 1;
+        let Some(more) = self.0.due() else {
             return;
-        }
-        let from = from.map_or_else(|| "?".to_owned(), |a| a.to_string());
-        let more = std::mem::take(&mut self.suppressed);
-        let more = if more > 0 {
-            format!(" ({more} more rejected since the last warning)")
-        } else {
-            String::new()
         };
+        let from = from.map_or_else(|| "?".to_owned(), |a| a.to_string());
         tracing::warn!(
-            "rejected datagram from {from} ({}): \"{}\"{more}",
+            "rejected datagram from {from} ({}): \"{}\"{}",
             reason.label(),
-            escape_for_log(data)
+            escape_for_log(data),
+            crate::ratelog::more(more)
         );
-        self.last = Some(Instant::now());
     }
 }
 

@@ -82,9 +82,8 @@ pub struct Core {
     feed: Option<Arc<feed::Feed>>,
     /// Hosts whose state changed since the feed was last refreshed.
     dirty: std::collections::HashSet<String>,
-    /// When evictions were last logged, and how many since.
-    evict_logged: Option<std::time::Instant>,
-    evicted_unlogged: u64,
+    /// Evictions come in bursts under a flood: logged at most every 10 s.
+    evict_log: crate::ratelog::RateLog,
 }
 
 impl Core {
@@ -101,8 +100,7 @@ impl Core {
             next_seq: 1,
             feed: None,
             dirty: Default::default(),
-            evict_logged: None,
-            evicted_unlogged: 0,
+            evict_log: crate::ratelog::RateLog::new(EVICT_LOG_EVERY),
         }
     }
 
@@ -272,18 +270,13 @@ impl Core {
         }
         let n = outcome.ended.len() as u64;
         self.metrics.sessions_evicted.inc_by(n);
-        self.evicted_unlogged += n;
-        if self
-            .evict_logged
-            .is_none_or(|t| t.elapsed() >= EVICT_LOG_EVERY)
-        {
+        if let Some(more) = self.evict_log.due() {
             tracing::warn!(
-                "sessions and connections reached sessions.max_tracked ({}): ended {} sessions, \
-                 the longest idle, as evicted (whosin_sessions_evicted_total)",
+                "sessions and connections reached sessions.max_tracked ({}): ended {n} sessions, \
+                 the longest idle, as evicted (whosin_sessions_evicted_total){}",
                 self.settings.max_tracked,
-                std::mem::take(&mut self.evicted_unlogged)
+                crate::ratelog::more(more)
             );
-            self.evict_logged = Some(std::time::Instant::now());
         }
         self.record_ended(&outcome.ended);
         if self.journal.is_some() {
