@@ -46,11 +46,15 @@ pub enum Reject {
     InvalidSequence,
     /// Its source sent more than `udp.rate_limit_per_source` this second.
     RateLimited,
+    /// It names a new host when [`crate::sessions::MAX_HOSTS`] are known
+    /// already (made-up host names must not grow the state and the metrics
+    /// without bound).
+    TooManyHosts,
 }
 
 impl Reject {
     /// Every reason, so metrics can expose each at 0 from the start.
-    pub const ALL: [Reject; 11] = [
+    pub const ALL: [Reject; 12] = [
         Reject::Empty,
         Reject::TooLarge,
         Reject::SourceNotAllowed,
@@ -62,6 +66,7 @@ impl Reject {
         Reject::InvalidTime,
         Reject::InvalidSequence,
         Reject::RateLimited,
+        Reject::TooManyHosts,
     ];
 
     /// The metric label.
@@ -78,6 +83,7 @@ impl Reject {
             Reject::InvalidTime => "invalid_time",
             Reject::InvalidSequence => "invalid_sequence",
             Reject::RateLimited => "rate_limited",
+            Reject::TooManyHosts => "too_many_hosts",
         }
     }
 

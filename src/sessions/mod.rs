@@ -23,6 +23,12 @@ use crate::event::{Event, Stream};
 use crate::metrics::{HostMetrics, Metrics};
 use live::{Ended, LiveState, UserKey};
 
+/// Most distinct hosts tracked. A Qlik site has a handful of proxy nodes, a
+/// large one dozens; events naming further hosts are rejected as
+/// `too_many_hosts`, so made-up host names cannot grow the state and the
+/// per-host metric series without bound.
+pub const MAX_HOSTS: usize = 1000;
+
 /// How often at most evictions are logged (they are always counted).
 const EVICT_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -84,6 +90,9 @@ pub struct Core {
     dirty: std::collections::HashSet<String>,
     /// Evictions come in bursts under a flood: logged at most every 10 s.
     evict_log: crate::ratelog::RateLog,
+    /// [`MAX_HOSTS`], lower in tests.
+    max_hosts: usize,
+    host_log: crate::ratelog::RateLog,
 }
 
 impl Core {
@@ -101,6 +110,8 @@ impl Core {
             feed: None,
             dirty: Default::default(),
             evict_log: crate::ratelog::RateLog::new(EVICT_LOG_EVERY),
+            max_hosts: MAX_HOSTS,
+            host_log: crate::ratelog::RateLog::new(EVICT_LOG_EVERY),
         }
     }
 
@@ -145,13 +156,20 @@ impl Core {
     /// Handles one accepted event; returns its journal sequence number unless
     /// it was blacklisted.
     pub fn handle(&mut self, ev: Event) -> Option<u64> {
-        // Blacklisted events use counter values too, so gaps are checked first.
+        // Blacklisted events use counter values too, so gaps are checked
+        // first, and their host is tracked for that.
         if let Some(seq) = ev.source_seq {
+            if !self.admit_host(&ev.host) {
+                return None;
+            }
             self.check_sequence(&ev, seq);
         }
         let key = UserKey::new(&ev.user_directory, &ev.user_id);
         if self.settings.blacklist.matches(key.dir(), key.id(), &ev) {
             self.metrics.events_blacklisted.inc();
+            return None;
+        }
+        if !self.admit_host(&ev.host) {
             return None;
         }
         let outcome = self.state.apply_keyed(&ev, &key);
@@ -295,6 +313,29 @@ impl Core {
             hm.observe_duration(e.duration.as_secs_f64());
             hm.set_counts(counts);
         }
+    }
+
+    /// Whether `host` is known or may become known; else counts the event
+    /// as rejected (`too_many_hosts`).
+    fn admit_host(&mut self, host: &str) -> bool {
+        if self.hosts.contains_key(host) {
+            return true;
+        }
+        if self.hosts.len() < self.max_hosts {
+            self.host_metrics(host);
+            return true;
+        }
+        self.metrics
+            .reject(crate::ingest::parse::Reject::TooManyHosts);
+        if let Some(more) = self.host_log.due() {
+            tracing::warn!(
+                "rejected an event of a new host \"{}\": {} hosts are tracked already{}",
+                crate::ingest::escape_for_log(host.as_bytes()),
+                self.max_hosts,
+                crate::ratelog::more(more)
+            );
+        }
+        false
     }
 
     fn host_metrics(&mut self, host: &str) -> &HostMetrics {
@@ -452,6 +493,24 @@ mod tests {
         let users = &c.state().host("n1").unwrap().users;
         assert!(users.contains_key("lab\\u249"));
         assert!(!users.contains_key("lab\\u0"));
+    }
+
+    #[test]
+    fn made_up_hosts_beyond_the_limit_are_rejected() {
+        let (mut c, m) = core(&[]);
+        c.max_hosts = 3;
+        for h in ["n1", "n2", "n3", "n4", "n1"] {
+            c.handle(ev(&format!(
+                "/qseow-proxy-session/;{h};Start session;LAB;u;;;"
+            )));
+        }
+        let ext = "/whosin-session/;2026-11-21T08:59:59.120Z;7;n5;Start session;LAB;u;;;;";
+        assert!(c.handle(ev(ext)).is_none());
+        use crate::ingest::parse::Reject;
+        assert_eq!(m.datagrams_rejected[Reject::TooManyHosts.index()].get(), 2);
+        assert_eq!(c.state().counts("n1").sessions, 2);
+        assert_eq!(c.state().hosts().count(), 3);
+        assert!(!m.render().contains("host=\"n4\""));
     }
 
     #[test]
