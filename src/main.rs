@@ -134,8 +134,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for every HTTPS client in the process (ring: no C toolchain beyond cc).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Colours only on a terminal: under systemd, Docker or a redirect the log
+    // is a file, where colour codes are raw ESC bytes in every line.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -56,6 +56,16 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A reload found a file without a single setting (see
+    /// [`super::watch::reload`]); at start such a file means "all defaults".
+    #[error(
+        "{} is empty; keeping the running settings — probably saved halfway (while whosin runs, a file with no settings, only blanks or comments, is refused; to run with the defaults, restart whosin)",
+        path.display()
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not valid YAML.
     #[error("{0}")]
     Yaml(String),

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub http: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Where stderr goes, when started with [`Daemon::start_logged`].
+    pub log: Option<PathBuf>,
     sender: UdpSocket,
 }
 
@@ -60,12 +62,33 @@ impl Daemon {
     }
 
     pub fn start_with(dir: tempfile::TempDir, config: PathBuf) -> Daemon {
+        Self::spawn(dir, config, Stdio::inherit(), None)
+    }
+
+    /// Like [`Daemon::start_with`], but the daemon's stderr (its log) is
+    /// appended to `log`, for tests that read what it logged. The file should
+    /// not be in the config file's folder: whosin watches that one.
+    pub fn start_logged(dir: tempfile::TempDir, config: PathBuf, log: &Path) -> Daemon {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::spawn(dir, config, Stdio::from(file), Some(log.to_owned()))
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        stderr: Stdio,
+        log: Option<PathBuf>,
+    ) -> Daemon {
         let mut child = Command::new(bin())
             .args(["run", "-c"])
             .arg(&config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("whosin starts");
         let stdout = child.stdout.take().unwrap();
@@ -75,9 +98,13 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let line = rx
-            .recv_timeout(DEADLINE)
-            .expect("whosin prints its listening line");
+        let line = rx.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+            let log = log
+                .as_ref()
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
+            panic!("whosin did not print its listening line; its log:\n{log}")
+        });
         // "whosin: listening for Qlik user events on udp A; page, API and /metrics on http://B"
         let udp = line
             .split("on udp ")
@@ -99,8 +126,41 @@ impl Daemon {
             http,
             dir,
             config,
+            log,
             sender: UdpSocket::bind("127.0.0.1:0").unwrap(),
         }
+    }
+
+    /// What the daemon logged so far (with [`Daemon::start_logged`]), as bytes:
+    /// a test of the log must see exactly what was written.
+    pub fn log_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.log.as_ref().expect("started with start_logged")).unwrap()
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to commit or clean up) and
+    /// hands back its folder and config, to start again on the same data.
+    pub fn kill9(mut self) -> (tempfile::TempDir, PathBuf) {
+        // std's Child::kill is SIGKILL on Unix.
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "whosin was killed: {status}");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.config.clone())
+    }
+
+    /// The daemon's resident memory in KiB (Linux: VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in:\n{status}"))
+    }
+
+    /// Still running (not exited)?
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn send(&self, datagram: &[u8]) {
