@@ -154,12 +154,15 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         journal: journal_health,
         sinks: statuses.clone(),
     });
-    let (tx, rx) = std::sync::mpsc::channel::<Input>();
+    // Bounded, so that a flood the core cannot keep up with (it waits for the
+    // journal, see JournalSender) backs up into the socket buffer, where the
+    // kernel counts what it drops, instead of into memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(sessions::INPUT_QUEUE);
     let mut core = Core::with_journal(
         Arc::new(core_settings(&config)?),
         metrics.clone(),
         recovered,
-        jtx,
+        journal::JournalSender::new(jtx, health.journal.clone(), config.journal.max_uncommitted),
     );
     core.set_feed(feed.clone());
     let stop_http = tokio_util::sync::CancellationToken::new();
@@ -267,7 +270,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
 fn start_watch(
     path: &Path,
     initial: Config,
-    tx: std::sync::mpsc::Sender<Input>,
+    tx: std::sync::mpsc::SyncSender<Input>,
     sinks: tokio::sync::watch::Sender<Arc<Config>>,
     metrics: Arc<Metrics>,
 ) -> Option<config::watch::Watch> {

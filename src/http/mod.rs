@@ -60,7 +60,7 @@ pub struct AppState {
     /// Whether `/metrics` is served (`sinks.prometheus.enabled`).
     pub prometheus_enabled: bool,
     /// The core's input, to ask for a journal commit before reading.
-    pub core: std::sync::mpsc::Sender<crate::sessions::Input>,
+    pub core: std::sync::mpsc::SyncSender<crate::sessions::Input>,
     /// The journal file.
     pub journal_path: PathBuf,
     /// `http.auth_token`.

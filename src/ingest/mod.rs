@@ -11,7 +11,6 @@ pub mod useragent;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ pub fn spawn(
     sock: UdpSocket,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
-    tx: Sender<Input>,
+    tx: std::sync::mpsc::SyncSender<Input>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()

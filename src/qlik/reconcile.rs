@@ -27,7 +27,7 @@ const FIRST_RUN: Duration = Duration::from_secs(2);
 pub async fn run(
     config: QlikConfig,
     interval: Duration,
-    core: std::sync::mpsc::Sender<Input>,
+    core: std::sync::mpsc::SyncSender<Input>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -77,19 +77,26 @@ pub async fn run(
                 failing[i] = false;
             }
             let (reply, answer) = std::sync::mpsc::channel();
-            let sent = core.send(Input::Reconcile(Box::new(Reconciliation {
+            let job = Input::Reconcile(Box::new(Reconciliation {
                 proxy: proxy.clone(),
                 sessions,
                 listed_at,
                 reply,
-            })));
-            if sent.is_err() {
-                return;
-            }
-            let fixes =
-                tokio::task::spawn_blocking(move || answer.recv_timeout(Duration::from_secs(60)))
-                    .await;
-            let Ok(Ok(fixes)) = fixes else { continue };
+            }));
+            // The core's queue is bounded: sending can wait under a flood,
+            // so it happens off the async runtime, like the wait for the answer.
+            let core = core.clone();
+            let fixes = tokio::task::spawn_blocking(move || {
+                core.send(job).ok()?;
+                Some(answer.recv_timeout(Duration::from_secs(60)))
+            })
+            .await;
+            let fixes = match fixes {
+                Ok(Some(Ok(fixes))) => fixes,
+                // The core has stopped: so does reconciliation.
+                Ok(None) => return,
+                _ => continue,
+            };
             metrics.reconcile_runs.with_label_values(&["ok"]).inc();
             if fixes.ended + fixes.started > 0 {
                 tracing::info!(

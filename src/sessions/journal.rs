@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -274,11 +275,72 @@ pub enum Write {
     Many(Vec<Write>),
 }
 
-/// The writer's health, for `/readyz`.
+/// The writer's health, for `/readyz`, and what it has in hand.
 #[derive(Default)]
 pub struct JournalHealth {
     /// The last commit failed with this error (cleared by the next success).
     pub error: Mutex<Option<String>>,
+    /// The same, cheap to read on the core's path.
+    pub failing: AtomicBool,
+    /// Rows handed to the writer and not yet committed (or dropped).
+    pub in_flight: AtomicUsize,
+}
+
+impl JournalHealth {
+    /// `n` rows left the writer's hands (committed or dropped). Saturating:
+    /// rows sent around [`JournalSender`] (tools, tests) never make it wrap.
+    fn done(&self, n: usize) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+}
+
+/// The core's end of the writer's channel. While the disk takes writes but
+/// more than `max_uncommitted` rows wait (a flood faster than the disk),
+/// [`JournalSender::send`] waits for room: the core, then the receive
+/// thread, then the kernel's socket buffer fill up, and what the kernel
+/// drops is counted (`whosin_datagrams_dropped_total`) instead of memory
+/// growing without bound. While the disk refuses writes it never waits: the
+/// writer keeps the newest rows and drops the oldest, counted.
+pub struct JournalSender {
+    tx: Sender<Write>,
+    health: Arc<JournalHealth>,
+    max_uncommitted: usize,
+}
+
+impl JournalSender {
+    /// A sender to the writer reading `tx`'s other end.
+    pub fn new(tx: Sender<Write>, health: Arc<JournalHealth>, max_uncommitted: usize) -> Self {
+        Self {
+            tx,
+            health,
+            max_uncommitted,
+        }
+    }
+
+    /// Hands `rows` (events and changes, not `Many` or `Flush`) to the writer.
+    pub fn send(&self, rows: Vec<Write>) {
+        let n = rows.len();
+        while !self.health.failing.load(Ordering::Relaxed) {
+            let waiting = self.health.in_flight.load(Ordering::Relaxed);
+            if waiting == 0 || waiting + n <= self.max_uncommitted {
+                break;
+            }
+            // Backpressure, not synchronisation: the writer commits a batch
+            // in milliseconds, and this only happens under a flood.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.health.in_flight.fetch_add(n, Ordering::Relaxed);
+        let _ = self.tx.send(Write::Many(rows));
+    }
+
+    /// Asks the writer to commit and answer on `reply`.
+    pub fn flush(&self, reply: Sender<Result<(), String>>) {
+        let _ = self.tx.send(Write::Flush(reply));
+    }
 }
 
 /// How the writer commits (from `journal` and `retention`).
@@ -352,8 +414,14 @@ pub fn spawn_writer(
                         Err(_) => break,
                     }
                 }
+                // A full batch is written at once, and so is half of
+                // max_uncommitted (the core may be waiting for room, see
+                // JournalSender); but while the disk refuses, only once per
+                // window, or every arriving batch would retry it.
+                let full = w.pending.len() >= MAX_BATCH.min(w.max_uncommitted / 2)
+                    && !w.health.failing.load(Ordering::Relaxed);
                 let due = first_pending.is_some_and(|t| t.elapsed() >= window)
-                    || w.pending.len() >= MAX_BATCH
+                    || full
                     || !flushers.is_empty();
                 if due {
                     let rows = w.pending.len();
@@ -419,6 +487,7 @@ impl Writer {
         if self.pending.len() >= self.max_uncommitted {
             self.pending.pop_front();
             self.dropped += 1;
+            self.health.done(1);
             self.metrics.journal_dropped.inc();
             if self.dropped.is_power_of_two() {
                 tracing::error!(
@@ -437,12 +506,17 @@ impl Writer {
             return Ok(());
         }
         let result = write_batch(&mut self.conn, self.pending.make_contiguous());
+        self.health
+            .failing
+            .store(result.is_err(), Ordering::Relaxed);
         if result.is_ok() {
+            self.health.done(self.pending.len());
             self.pending.clear();
         }
+        let waiting = self.health.in_flight.load(Ordering::Relaxed);
         self.metrics
             .journal_uncommitted
-            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
         match result {
             Ok(()) => {
                 let mut e = self.health.error.lock().unwrap_or_else(|p| p.into_inner());
@@ -945,6 +1019,46 @@ mod tests {
         }
         write_batch(conn, &batch).unwrap();
         state
+    }
+
+    fn rows(n: usize) -> Vec<Write> {
+        let ev = Parser::new()
+            .parse(LINES[0].as_bytes(), Timestamp::now())
+            .unwrap();
+        (0..n)
+            .map(|i| Write::Event(i as u64, Box::new(ev.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn the_sender_waits_for_room_unless_the_disk_refuses() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let health = Arc::new(JournalHealth::default());
+        let sender = JournalSender::new(tx, health.clone(), 10);
+        sender.send(rows(8));
+        assert_eq!(health.in_flight.load(Ordering::Relaxed), 8);
+        assert!(rx.try_recv().is_ok());
+        // 8 + 5 > 10: the next batch waits for the writer.
+        let waiting = std::thread::spawn(move || {
+            sender.send(rows(5));
+            sender
+        });
+        // Nothing may arrive while there is no room; a quarter second of
+        // nothing is the evidence (a wrong sender sends at once).
+        assert!(rx.recv_timeout(Duration::from_millis(250)).is_err());
+        health.done(8); // the writer committed them
+        assert!(rx.recv_timeout(Duration::from_secs(20)).is_ok());
+        let sender = waiting.join().unwrap();
+        assert_eq!(health.in_flight.load(Ordering::Relaxed), 5);
+        // While the disk refuses, waiting would stall everything for nothing:
+        // the writer drops the oldest instead.
+        health.failing.store(true, Ordering::Relaxed);
+        sender.send(rows(9));
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(health.in_flight.load(Ordering::Relaxed), 14);
+        // Never below zero, whatever is reported done.
+        health.done(100);
+        assert_eq!(health.in_flight.load(Ordering::Relaxed), 0);
     }
 
     const LINES: [&str; 4] = [

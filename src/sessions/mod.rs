@@ -29,6 +29,10 @@ use live::{Ended, LiveState, UserKey};
 /// per-host metric series without bound.
 pub const MAX_HOSTS: usize = 1000;
 
+/// Most inputs (batches of up to [`crate::ingest::udp::BATCH`] events) waiting
+/// for the core.
+pub const INPUT_QUEUE: usize = 256;
+
 /// How often at most evictions are logged (they are always counted).
 const EVICT_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -82,7 +86,7 @@ pub struct Core {
     metrics: Arc<Metrics>,
     hosts: HashMap<String, HostMetrics>,
     last_seq: HashMap<(String, Stream), u64>,
-    journal: Option<Sender<journal::Write>>,
+    journal: Option<journal::JournalSender>,
     outbox: Vec<journal::Write>,
     next_seq: u64,
     feed: Option<Arc<feed::Feed>>,
@@ -120,7 +124,7 @@ impl Core {
         settings: Arc<CoreSettings>,
         metrics: Arc<Metrics>,
         recovered: journal::Recovered,
-        tx: Sender<journal::Write>,
+        tx: journal::JournalSender,
     ) -> Self {
         let mut core = Self::new(settings, metrics);
         core.state = recovered.state;
@@ -204,7 +208,7 @@ impl Core {
         if let Some(j) = &self.journal
             && !self.outbox.is_empty()
         {
-            let _ = j.send(journal::Write::Many(std::mem::take(&mut self.outbox)));
+            j.send(std::mem::take(&mut self.outbox));
         }
     }
 
@@ -213,7 +217,7 @@ impl Core {
         self.send_outbox();
         match &self.journal {
             Some(j) => {
-                let _ = j.send(journal::Write::Flush(reply));
+                j.flush(reply);
             }
             None => {
                 let _ = reply.send(Ok(()));
