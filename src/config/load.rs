@@ -99,7 +99,7 @@ pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         Value::Null
     } else {
         serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Yaml(format!("not valid YAML: {e}")))?
+            .map_err(|e| ConfigError::Yaml(redact_secrets(text, &format!("not valid YAML: {e}"))))?
     };
     let mut problems = Vec::new();
     substitute_env(&mut tree, &mut String::new(), env, &mut problems);
@@ -193,6 +193,26 @@ fn substitute_env(
         }
         _ => {}
     }
+}
+
+/// A YAML syntax error quotes the lines around it: what follows a secret's
+/// key in `message` (and each secret value of `text` anywhere in it) becomes
+/// `***`, so that a typo on the password's line does not print the password.
+fn redact_secrets(text: &str, message: &str) -> String {
+    static KEY_LINE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?m)\b(password|token|auth_token)(\s*:).*$").expect("valid")
+    });
+    let mut out = KEY_LINE.replace_all(message, "$1$2 ***").into_owned();
+    for cap in KEY_LINE.captures_iter(text) {
+        let line = cap.get(0).map_or("", |m| m.as_str());
+        let value = line.split_once(':').map_or("", |(_, v)| v).trim();
+        for part in [value, value.trim_matches(|c: char| "[]{}'\"".contains(c))] {
+            if part.len() >= 3 {
+                out = out.replace(part, "***");
+            }
+        }
+    }
+    out
 }
 
 /// Keys whose values are secrets, never shown in messages.
@@ -674,6 +694,14 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_on_a_secret_line_does_not_quote_the_secret() {
+        let yaml = "sinks:\n  influxdb:\n    password: 'hunter2-secret\n    url: x\n";
+        let msg = load_str(yaml, &no_env).unwrap_err().to_string();
+        assert!(msg.starts_with("not valid YAML"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
     fn passwords_in_urls_are_redacted_for_logs() {
         use crate::config::redact_url;
         assert_eq!(
@@ -892,5 +920,33 @@ sinks:
         let err = load_str("udp: [\n", &no_env).unwrap_err();
         assert!(matches!(err, ConfigError::Yaml(_)));
         assert!(problems("- a\n- b\n")[0].contains("must be a mapping"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+        /// Any text is a config or a list of problems, each naming a key or
+        /// the file; a secret's value never appears in them.
+        #[test]
+        fn any_text_loads_or_names_its_problems(text in "(?s).{0,300}") {
+            if let Err(e) = load_str(&text, &no_env) {
+                proptest::prop_assert!(!e.lines().is_empty());
+            }
+        }
+
+        #[test]
+        fn keys_with_arbitrary_values_never_leak_secrets(
+            value in "[a-zA-Z0-9 :,\\[\\]{}-]{1,30}",
+        ) {
+            let secret = format!("S3CRET{value}");
+            for key in ["http:\n  auth_token", "sinks:\n  influxdb:\n    token", "sinks:\n  mqtt:\n    password"] {
+                let yaml = format!("{key}: [{secret}]\n");
+                if let Err(e) = load_str(&yaml, &no_env) {
+                    for line in e.lines() {
+                        proptest::prop_assert!(!line.contains("S3CRET"), "{}", line);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1359,4 +1359,61 @@ mod tests {
         assert_eq!(s.expire(at(162)).ended.len(), 1);
         assert_eq!(counts(&s, "n1"), (1, 1, 1));
     }
+
+    /// The counts a host reports, recomputed from its users.
+    fn recount(s: &LiveState, h: &str) -> (usize, usize, usize) {
+        s.host(h).map_or((0, 0, 0), |hs| {
+            (
+                hs.users.values().map(|u| u.sessions.len()).sum(),
+                hs.users.values().map(|u| u.connections.len()).sum(),
+                hs.users.values().filter(|u| !u.sessions.is_empty()).count(),
+            )
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+
+        /// Any sequence of events, expiries and evictions keeps every host's
+        /// counts equal to what its users hold, keeps users only while they
+        /// have a session, and keeps the state within the cap.
+        #[test]
+        fn counts_always_match_the_users_and_the_cap_holds(
+            steps in proptest::collection::vec(
+                (0u8..6, 0usize..2, 0usize..5, 0usize..3, 0i64..4000),
+                1..200,
+            ),
+            cap in 100usize..140,
+        ) {
+            let mut s = LiveState::new(Duration::from_secs(600));
+            let cmds = [
+                Command::SessionStart,
+                Command::SessionStop,
+                Command::ConnectionOpen,
+                Command::ConnectionClose,
+            ];
+            let mut t = 0;
+            for (op, host, user, app, dt) in steps {
+                t += dt;
+                let host = ["n1", "n2"][host];
+                let user = format!("LAB\\u{user}");
+                match op {
+                    0..=3 => {
+                        let ctx = format!("/app/{app}");
+                        s.apply(&ev(cmds[op as usize], host, &user, &ctx, t));
+                    }
+                    4 => {
+                        s.expire(at(t));
+                    }
+                    _ => {
+                        s.evict(cap, at(t));
+                        proptest::prop_assert!(s.tracked() <= cap);
+                    }
+                }
+                for h in ["n1", "n2"] {
+                    proptest::prop_assert_eq!(counts(&s, h), recount(&s, h));
+                }
+            }
+        }
+    }
 }
