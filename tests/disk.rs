@@ -6,9 +6,8 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, poll};
 
 /// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -61,23 +60,9 @@ fn start(user: &str, n: usize) -> String {
     )
 }
 
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + common::DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "never: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Every user with a journaled session start, oldest first.
 fn journaled(d: &Daemon) -> Vec<String> {
-    let v = d.json("/api/v1/events?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=100000");
-    v["events"]
-        .as_array()
-        .unwrap()
+    d.all_events()
         .iter()
         .map(|e| e["user"].as_str().unwrap().to_owned())
         .collect()

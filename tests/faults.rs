@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Daemon, Metrics};
+use common::{Daemon, Metrics, poll};
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
@@ -37,18 +37,6 @@ impl Rng {
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// Polls `f` until it answers, or fails after [`DEADLINE`] saying `what`.
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

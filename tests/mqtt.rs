@@ -425,10 +425,7 @@ fn traffic(d: &Daemon, from: usize, n: usize) {
 }
 
 fn accepted(d: &Daemon) -> BTreeSet<u64> {
-    let v = d.json("/api/v1/events?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=100000");
-    v["events"]
-        .as_array()
-        .unwrap()
+    d.all_events()
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())
         .collect()

@@ -184,6 +184,13 @@ impl Daemon {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Every journaled event (up to 100,000), oldest first.
+    pub fn all_events(&self) -> Vec<serde_json::Value> {
+        let v = self
+            .json("/api/v1/events?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=100000");
+        v["events"].as_array().unwrap().clone()
+    }
+
     pub fn metrics(&self) -> Metrics {
         let (code, body) = self.get("/metrics");
         assert_eq!(code, 200, "{body}");
@@ -320,6 +327,18 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
         eprintln!("skipping: {name} not installed");
     }
     found
+}
+
+/// Polls `f` until it answers, or fails after [`DEADLINE`] saying `what`.
+pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A free TCP port on loopback (free when asked; the server binds it next).
