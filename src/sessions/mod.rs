@@ -19,7 +19,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::blacklist::Blacklist;
-use crate::event::{Event, Stream};
+use crate::event::{Command, Event, Stream};
 use crate::metrics::{HostMetrics, Metrics};
 use live::{Ended, LiveState, UserKey};
 
@@ -178,6 +178,8 @@ impl Core {
         }
         let outcome = self.state.apply_keyed(&ev, &key);
         let received_at = ev.received_at;
+        // Only a start or an open (which may imply a session) adds entries.
+        let grows = matches!(ev.command, Command::SessionStart | Command::ConnectionOpen);
         if outcome.unmatched {
             self.metrics
                 .events_unmatched
@@ -199,7 +201,9 @@ impl Core {
             self.outbox
                 .extend(outcome.changes.into_iter().map(journal::Write::Change));
         }
-        self.enforce_cap(received_at);
+        if grows {
+            self.enforce_cap(received_at);
+        }
         Some(seq)
     }
 
