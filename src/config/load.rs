@@ -195,14 +195,46 @@ fn substitute_env(
     }
 }
 
-/// A YAML syntax error quotes the lines around it: what follows a secret's
-/// key in `message` (and each secret value of `text` anywhere in it) becomes
-/// `***`, so that a typo on the password's line does not print the password.
+/// A YAML syntax error quotes the lines around it, so that a typo on the
+/// password's line would print the password. Every quoted line that holds a
+/// secret (a `password:`, `token:` or `auth_token:` line, or a continuation
+/// of its value) is replaced, and each secret value of `text` anywhere else
+/// in `message` becomes `***`.
 fn redact_secrets(text: &str, message: &str) -> String {
     static KEY_LINE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"(?m)\b(password|token|auth_token)(\s*:).*$").expect("valid")
     });
-    let mut out = KEY_LINE.replace_all(message, "$1$2 ***").into_owned();
+    static SNIPPET: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^(\s*)(\d+)( \|).*$").expect("valid")
+    });
+    // Line numbers (1-based) of secrets: the key's line and the lines
+    // indented deeper that follow it (a value continued on the next lines).
+    let mut secret_lines = std::collections::HashSet::new();
+    let mut key_indent: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(k) = key_indent
+            && (line.trim().is_empty() || indent > k)
+        {
+            secret_lines.insert(i + 1);
+            continue;
+        }
+        key_indent = None;
+        if KEY_LINE.is_match(line) {
+            secret_lines.insert(i + 1);
+            key_indent = Some(indent);
+        }
+    }
+    let mut out: String = message
+        .lines()
+        .map(|l| match SNIPPET.captures(l) {
+            Some(c) if c[2].parse().is_ok_and(|n: usize| secret_lines.contains(&n)) => {
+                format!("{}{}{} (a secret's line, not shown)", &c[1], &c[2], &c[3])
+            }
+            _ => KEY_LINE.replace_all(l, "$1$2 ***").into_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     for cap in KEY_LINE.captures_iter(text) {
         let line = cap.get(0).map_or("", |m| m.as_str());
         let value = line.split_once(':').map_or("", |(_, v)| v).trim();
@@ -699,6 +731,24 @@ mod tests {
         let msg = load_str(yaml, &no_env).unwrap_err().to_string();
         assert!(msg.starts_with("not valid YAML"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn a_quoted_line_of_a_secret_is_not_shown_even_cut_short() {
+        // Found by the fuzzer: the error quotes the line from its middle on,
+        // without the key, and NUL bytes shown as blanks.
+        let yaml = format!(
+            "sinks:\n  influxdb:\n    token: null {}# e.g. \"S3CRET\0\0\0 tail\n    url: x\n",
+            " ".repeat(60)
+        );
+        let msg = load_str(&yaml, &no_env).unwrap_err().to_string();
+        assert!(msg.starts_with("not valid YAML"), "{msg}");
+        assert!(!msg.contains("S3CRET"), "{msg}");
+        assert!(msg.contains("a secret's line, not shown"), "{msg}");
+        // A value continued on the next, deeper-indented line is hidden too.
+        let yaml = "http:\n  auth_token: \"abc\n    S3CRET\n  listen: [\n";
+        let msg = load_str(yaml, &no_env).unwrap_err().to_string();
+        assert!(!msg.contains("S3CRET"), "{msg}");
     }
 
     #[test]
