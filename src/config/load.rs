@@ -204,9 +204,8 @@ fn redact_secrets(text: &str, message: &str) -> String {
     static KEY_LINE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"(?m)\b(password|token|auth_token)(\s*:).*$").expect("valid")
     });
-    static SNIPPET: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^(\s*)(\d+)( \|).*$").expect("valid")
-    });
+    static SNIPPET: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^(\s*)(\d+)( \|).*$").expect("valid"));
     // Line numbers (1-based) of secrets: the key's line and the lines
     // indented deeper that follow it (a value continued on the next lines).
     let mut secret_lines = std::collections::HashSet::new();
