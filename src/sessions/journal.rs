@@ -351,7 +351,8 @@ pub struct WriterSettings {
     pub retention: Duration,
     /// Most rows kept in memory while the disk refuses writes; beyond this
     /// the oldest are dropped (and counted), so a full disk cannot exhaust
-    /// memory.
+    /// memory. (While the disk works, [`JournalSender`] keeps the rows in
+    /// flight within the same bound by waiting.)
     pub max_uncommitted: usize,
 }
 
