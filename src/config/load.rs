@@ -86,11 +86,20 @@ impl ConfigError {
 
 /// Loads and validates the file at `path`, with `${NAME}` taken from the environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    load_env(&read(path)?)
+}
+
+/// The file's text, or why it cannot be read.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    load_str(&text, &|name| std::env::var(name).ok())
+    })
+}
+
+/// Loads `text` with `${NAME}` taken from the environment.
+pub fn load_env(text: &str) -> Result<Config, ConfigError> {
+    load_str(text, &|name| std::env::var(name).ok())
 }
 
 /// Loads and validates YAML text; `env` answers `${NAME}` references.

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use duration::{DurationError, HumanDuration};
-pub use load::{ConfigError, Problem, load, load_str};
+pub use load::{ConfigError, Problem, load, load_env, load_str, read};
 
 /// Where the configuration is read from when `-c` is not given.
 pub const DEFAULT_PATH: &str = "config/whosin.yaml";
@@ -50,7 +50,7 @@ impl Source {
     pub fn load(&self) -> Result<Config, ConfigError> {
         match self {
             Source::File(p) => load(p),
-            Source::Embedded => load_str(EMBEDDED, &|name| std::env::var(name).ok()),
+            Source::Embedded => load_env(EMBEDDED),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
-use super::{Config, ConfigError, load_str};
+use super::{Config, ConfigError};
 
 /// How long file events are gathered before one reload.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -59,16 +59,13 @@ pub fn watch(
 /// [`ConfigError::Empty`], because mid-save is far likelier than an
 /// administrator wanting every default while whosin runs.
 pub fn reload(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = super::read(path)?;
     if has_no_settings(&text) {
         return Err(ConfigError::Empty {
             path: path.to_owned(),
         });
     }
-    load_str(&text, &|name| std::env::var(name).ok())
+    super::load_env(&text)
 }
 
 /// Only blank lines, comments and YAML document markers.
