@@ -72,16 +72,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     })?;
     ingest::useragent::warm_up();
 
-    let sink_names: Vec<&str> = [
-        (
-            config.sinks.influxdb.enabled,
-            crate::sinks::influxdb::writer::SINK,
-        ),
-        (config.sinks.mqtt.enabled, crate::sinks::mqtt::SINK),
-    ]
-    .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
-    .collect();
+    let sink_names = config.sinks.enabled();
     let metrics = Metrics::new(&sink_names);
     let (sock, granted) = ingest::udp::bind(config.udp.listen).with_context(|| {
         format!(
@@ -132,11 +123,11 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     )?;
 
     let feed = Arc::new(sessions::feed::Feed::default());
-    let statuses = Arc::new(crate::sinks::statuses());
+    let statuses = Arc::new(crate::sinks::Statuses::default());
     let stop_sinks = tokio_util::sync::CancellationToken::new();
-    let (sink_updates, sink_config) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let (sink_updates, sink_config) = tokio::sync::watch::channel(sink_settings(&config));
     let sinks_task = crate::sinks::supervise(
-        &config,
+        &sink_settings(&config),
         sink_config,
         crate::sinks::Context {
             journal_path: journal_path.clone(),
@@ -266,12 +257,20 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the sinks take from the config.
+fn sink_settings(c: &Config) -> crate::sinks::SinkSettings {
+    crate::sinks::SinkSettings {
+        sinks: c.sinks.clone(),
+        tags: c.tags.clone(),
+    }
+}
+
 /// Watches the config file; applies what can change live and counts the result.
 fn start_watch(
     path: &Path,
     initial: Config,
     tx: std::sync::mpsc::SyncSender<Input>,
-    sinks: tokio::sync::watch::Sender<Arc<Config>>,
+    sinks: tokio::sync::watch::Sender<crate::sinks::SinkSettings>,
     metrics: Arc<Metrics>,
 ) -> Option<config::watch::Watch> {
     let current = std::sync::Mutex::new(initial);
@@ -316,7 +315,7 @@ fn start_watch(
                     .unwrap_or_else(|p| p.into_inner())
                     .send(Input::Reload(Arc::new(settings)));
                 // The sink supervisor restarts the sinks whose settings changed.
-                sinks.send_replace(Arc::new(new.clone()));
+                sinks.send_replace(sink_settings(&new));
                 metrics.config_reloads.with_label_values(&["applied"]).inc();
                 tracing::info!("config reloaded from {shown}");
                 *current = new;

@@ -15,7 +15,7 @@ use serde_json::Value;
 /// A secret found in the Butler SOS file.
 pub struct Secret {
     /// The environment variable the printed config refers to.
-    pub env: &'static str,
+    pub env: String,
     /// The value.
     pub value: String,
 }
@@ -90,13 +90,16 @@ pub fn convert(
         ))
     })?;
     let mut secrets = Vec::new();
-    let mut secret = |env: &'static str, value: String| -> String {
+    let mut secret = |env: &str, value: String| -> String {
         let shown = if inline_secrets {
             q(&value)
         } else {
             q(&format!("${{{env}}}"))
         };
-        secrets.push(Secret { env, value });
+        secrets.push(Secret {
+            env: env.to_owned(),
+            value,
+        });
         shown
     };
     let mut y = String::new();
@@ -252,17 +255,19 @@ pub fn convert(
             let _ = writeln!(w, "    token: {}", secret("WHOSIN_INFLUXDB_TOKEN", token));
         }
         "3" => {
+            let _ = writeln!(w, "    version: 3");
             let _ = writeln!(
                 w,
-                "    # InfluxDB 3: whosin writes through its v2-compatible API, database as bucket.\n    version: 2\n    org: \"influxdb3\"            # InfluxDB 3 ignores the org; whosin needs a value"
-            );
-            let _ = writeln!(
-                w,
-                "    bucket: {}",
+                "    database: {}",
                 q(&text(b, "influxdbConfig.v3Config.database").unwrap_or_default())
             );
             let token = text(b, "influxdbConfig.v3Config.token").unwrap_or_default();
             let _ = writeln!(w, "    token: {}", secret("WHOSIN_INFLUXDB_TOKEN", token));
+            if get(b, "influxdbConfig.v3Config.retentionDuration").is_some() {
+                notes.push(
+                    "influxdbConfig.v3Config.retentionDuration: whosin writes to the database Butler SOS created and does not create it".into(),
+                );
+            }
         }
         _ => {
             let _ = writeln!(w, "    version: 1");
@@ -325,6 +330,56 @@ pub fn convert(
                 .unwrap_or_default()),
         };
         let _ = writeln!(w, "      {key}: {value}");
+    }
+    // New Relic: userEvents.sendToNewRelic, the accounts it names.
+    let nr_on = flag(b, "userEvents.sendToNewRelic.enable");
+    let _ = writeln!(w, "  new_relic:");
+    let _ = writeln!(w, "    enabled: {nr_on}");
+    if let Some(url) = text(b, "newRelic.event.url") {
+        let _ = writeln!(w, "    url: {}", q(url.trim_end_matches('/')));
+    }
+    let names: Vec<String> = list(b, "userEvents.sendToNewRelic.destinationAccount")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let creds = list(b, "thirdPartyToolsCredentials.newRelic");
+    let mut accounts = Vec::new();
+    for name in &names {
+        let found = creds
+            .iter()
+            .find(|c| c.get("accountName").and_then(Value::as_str) == Some(name.as_str()));
+        match found {
+            Some(c) => accounts.push((
+                name.clone(),
+                text(c, "accountId").unwrap_or_default(),
+                text(c, "insertApiKey").unwrap_or_default(),
+            )),
+            None => notes.push(format!(
+                "userEvents.sendToNewRelic.destinationAccount: {name:?} is not in thirdPartyToolsCredentials.newRelic (Butler SOS skipped it too)"
+            )),
+        }
+    }
+    if accounts.is_empty() {
+        let _ = writeln!(w, "    accounts: []");
+    } else {
+        let _ = writeln!(w, "    accounts:");
+        for (i, (name, id, key)) in accounts.into_iter().enumerate() {
+            let env = if i == 0 {
+                "WHOSIN_NEW_RELIC_INSERT_KEY".to_owned()
+            } else {
+                format!("WHOSIN_NEW_RELIC_INSERT_KEY_{}", i + 1)
+            };
+            let _ = writeln!(w, "      - account_id: {}   # {name}", q(&id));
+            let _ = writeln!(w, "        insert_key: {}", secret(&env, key));
+        }
+    }
+    let _ = writeln!(
+        w,
+        "    scramble: {}",
+        flag(b, "userEvents.sendToNewRelic.scramble")
+    );
+    if !list(b, "newRelic.event.header").is_empty() {
+        notes.push("newRelic.event.header: whosin sends the Event API's own headers only".into());
     }
     let _ = writeln!(
         w,
@@ -416,8 +471,10 @@ pub fn convert(
             "appNames",
             "whosin has no app-name source yet; dashboards show app ids",
         ),
-        ("newRelic", "whosin does not send to New Relic"),
-        ("thirdPartyToolsCredentials", "only New Relic used these"),
+        (
+            "newRelic.metric",
+            "whosin sends user events to New Relic, not Butler SOS's engine metrics",
+        ),
         ("heartbeat", "use /healthz from your monitoring instead"),
         (
             "dockerHealthCheck",
@@ -438,10 +495,6 @@ pub fn convert(
         (
             "userEvents.udpServerConfig.rateLimit",
             "not needed: whosin keeps up with far more than a Qlik site sends",
-        ),
-        (
-            "userEvents.sendToNewRelic",
-            "whosin does not send to New Relic",
         ),
         (
             "errorTracking",

@@ -7,11 +7,13 @@
 pub mod blacklist;
 pub mod config;
 pub mod daemon;
+pub mod duration;
 pub mod event;
 pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod metrics;
+pub mod problems;
 pub mod qlik;
 pub mod ratelog;
 pub mod sessions;

@@ -380,7 +380,7 @@ fn import_butler_sos(file: &std::path::Path, output: Option<&std::path::Path>) -
                 .secrets
                 .iter()
                 .filter(|s| !s.value.is_empty())
-                .map(|s| s.env)
+                .map(|s| s.env.as_str())
                 .collect();
             if !envs.is_empty() {
                 eprintln!(

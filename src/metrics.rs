@@ -51,6 +51,8 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     /// `whosin_sink_backlog_events{sink}`
     pub sink_backlog: IntGaugeVec,
+    /// `whosin_sink_points_refused_total{sink}`
+    pub sink_refused: IntCounterVec,
     /// `whosin_events_unmatched_total{event}`
     pub events_unmatched: IntCounterVec,
     /// `whosin_config_reloads_total{result}`
@@ -192,6 +194,11 @@ impl Metrics {
                 "Accepted events not yet delivered to a sink.",
                 &["sink"],
             ),
+            sink_refused: counter(
+                "whosin_sink_points_refused_total",
+                "Points a sink's server refused for good (dropped, logged with the reason).",
+                &["sink"],
+            ),
             events_unmatched: counter(
                 "whosin_events_unmatched_total",
                 "Stops and closes with no matching start or open.",
@@ -234,6 +241,7 @@ impl Metrics {
             m.sink_written.with_label_values(&[sink]);
             m.sink_errors.with_label_values(&[sink]);
             m.sink_backlog.with_label_values(&[sink]);
+            m.sink_refused.with_label_values(&[sink]);
         }
         for ev in [Command::SessionStop, Command::ConnectionClose] {
             m.events_unmatched.with_label_values(&[ev.label()]);

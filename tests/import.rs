@@ -143,15 +143,15 @@ fn influxdb_v2_mqtt_off_and_null_lists() {
 }
 
 #[test]
-fn influxdb_v3_through_the_v2_api_and_empty_lists() {
+fn influxdb_v3_and_empty_lists() {
     let (c, _) = import("v3-empty-lists.yaml");
     assert_eq!(c["udp"]["listen"], "0.0.0.0:9997");
     assert_eq!(c["blacklist"], json!([]));
     assert_eq!(c["tags"], json!({}));
     let i = &c["sinks"]["influxdb"];
-    assert_eq!(i["version"], 2);
+    assert_eq!(i["version"], 3);
     assert_eq!(i["url"], "http://influx3.example.com:8181");
-    assert_eq!(i["bucket"], "senseops3");
+    assert_eq!(i["database"], "senseops3");
     assert_eq!(i["token"], "apiv3_secret");
     // MQTT was off in mqttConfig, whatever userEvents said.
     assert_eq!(c["sinks"]["mqtt"]["enabled"], false);

@@ -286,8 +286,23 @@ fn fake_influxdb_errors_are_retried_and_a_bad_point_is_isolated() {
     let m = d.metrics();
     assert_eq!(
         m.must("whosin_sink_errors_total{sink=\"influxdb\"}"),
-        4.0,
-        "401, 500, 429 and the bad point"
+        3.0,
+        "401, 500 and 429 (retried)"
+    );
+    assert_eq!(
+        m.must("whosin_sink_points_refused_total{sink=\"influxdb\"}"),
+        1.0,
+        "the bad point, refused for good"
+    );
+    let v = d.json("/readyz");
+    let sink = &v["parts"]["sinks"]["influxdb"];
+    assert_eq!(sink["state"], "degraded", "{v}");
+    assert!(
+        sink["detail"]
+            .as_str()
+            .unwrap()
+            .contains("field type conflict"),
+        "the server's reason is shown: {v}"
     );
     let f = fake.lock().unwrap();
     let mut users: Vec<&str> = f
@@ -308,5 +323,104 @@ fn fake_influxdb_errors_are_retried_and_a_bad_point_is_isolated() {
         users,
         vec!["good1", "good2", "good3"],
         "each good point exactly once"
+    );
+}
+
+/// Butler SOS creates its database at start; so does whosin, when InfluxDB
+/// says it is missing (unless `create_database: false`, which says what to do).
+#[test]
+fn a_missing_database_is_created_or_the_fix_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(influx) = Influx::start(dir.path()) else {
+        return;
+    };
+    assert!(!influx.databases().contains("senseops"));
+    let off = Daemon::start(&format!(
+        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    database: senseops\n    create_database: false\n    flush_interval: \"100ms\"\n",
+        influx.port
+    ));
+    off.send_all(&[&start("LAB\\anna", "AppAccess")]);
+    let detail = common::poll("the sink to say the database is missing", || {
+        let v = off.json("/readyz");
+        let s = &v["parts"]["sinks"]["influxdb"];
+        (s["state"] == "retrying").then(|| s["detail"].as_str().unwrap_or_default().to_owned())
+    });
+    assert!(detail.contains("database not found"), "{detail}");
+    assert!(detail.contains("create_database: true"), "{detail}");
+    assert!(
+        !influx.databases().contains("senseops"),
+        "not created when switched off"
+    );
+    drop(off);
+
+    let on = Daemon::start(&format!(
+        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    database: senseops\n    flush_interval: \"100ms\"\n",
+        influx.port
+    ));
+    on.send_all(&[
+        &start("LAB\\anna", "AppAccess"),
+        &start("LAB\\bob", "AppAccess"),
+    ]);
+    influx.wait_count(2);
+    assert!(influx.databases().contains("senseops"));
+    on.wait_metric("whosin_sink_events_written_total{sink=\"influxdb\"}", 2.0);
+    assert_eq!(
+        on.json("/readyz")["parts"]["sinks"]["influxdb"]["state"],
+        "ok"
+    );
+}
+
+/// In a database Butler SOS has written, `event_count.counter` is a float:
+/// whosin's counters must go in beside them; and a point InfluxDB refuses
+/// for good (here `userId`, once an integer field) is counted and shown.
+#[test]
+fn a_database_butler_sos_wrote_takes_whosins_points_and_refusals_are_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(influx) = Influx::start(dir.path()) else {
+        return;
+    };
+    influx.create_db();
+    // Butler SOS's own event_count point (its v1 client writes a float).
+    let (code, body) = influx.write(
+        "event_count,event_type=user,host=sense-node1,source=qseow-proxy-session,subsystem=AppAccess counter=3\n",
+    );
+    assert_eq!(code, 204, "{body}");
+    // Another client once wrote user_events.userId as an integer.
+    let (code, body) = influx.write("user_events,host=old userId=5i\n");
+    assert_eq!(code, 204, "{body}");
+    let d = Daemon::start(&format!(
+        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    database: senseops\n    flush_interval: \"100ms\"\n",
+        influx.port
+    ));
+    d.send_all(&[
+        &start("LAB\\anna", "AppAccess"),
+        &start("LAB\\bob", "AppAccess"),
+    ]);
+    d.wait_metric("whosin_sink_points_refused_total{sink=\"influxdb\"}", 2.0);
+    d.wait_metric("whosin_sink_backlog_events{sink=\"influxdb\"}", 0.0);
+    let v = d.json("/readyz");
+    let sink = &v["parts"]["sinks"]["influxdb"];
+    assert_eq!(sink["state"], "degraded", "{v}");
+    assert!(
+        sink["detail"]
+            .as_str()
+            .unwrap()
+            .contains("field type conflict"),
+        "{v}"
+    );
+    // The summaries of the same events go in: 3 from Butler SOS + 2 of whosin's.
+    let total = common::poll("whosin's event_count beside Butler SOS's", || {
+        let v = influx.first_value(
+            "SELECT sum(\"counter\") FROM event_count WHERE \"source\" = 'qseow-proxy-session'",
+        )?;
+        let n = v.as_f64()?;
+        (n >= 5.0).then_some(n)
+    });
+    assert_eq!(total, 5.0);
+    assert_eq!(
+        d.metrics()
+            .must("whosin_sink_points_refused_total{sink=\"influxdb\"}"),
+        2.0,
+        "no summary was refused"
     );
 }

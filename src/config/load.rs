@@ -7,7 +7,6 @@
 //! typed config is checked for what types cannot say (a regex that does not
 //! compile, a v2 InfluxDB without a token, ...). Every problem carries its key path.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -16,34 +15,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::{BlacklistEntry, Config};
-
-/// One thing wrong with the configuration, at a key path like `udp.listen`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Where: `udp.listen`, `blacklist[0].regex`, ...
-    pub path: String,
-    /// What is wrong, and where it helps, what to write instead.
-    pub message: String,
-}
-
-impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
+pub use crate::problems::Problem;
+use crate::problems::Scope;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -129,14 +102,32 @@ pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             ),
         )),
     }
-    if problems.is_empty() {
-        validate(&config, &mut problems);
-    }
+    // What types cannot say, also when some keys were wrong (their defaults
+    // stand in): every problem at once, except those about a key already
+    // named, or about its section, which would only repeat it.
+    let mut semantic = Vec::new();
+    validate(&config, &mut semantic);
+    let named: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
+    problems.extend(
+        semantic
+            .into_iter()
+            .filter(|p| !named.iter().any(|n| related(n, &p.path))),
+    );
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// Whether one key path is the other or lies within it.
+fn related(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        outer.is_empty()
+            || inner == outer
+            || (inner.starts_with(outer) && matches!(inner.as_bytes()[outer.len()], b'.' | b'['))
+    };
+    within(a, b) || within(b, a)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -255,36 +246,76 @@ fn redact_secrets(text: &str, message: &str) -> String {
     out
 }
 
-/// Keys whose values are secrets, never shown in messages.
-pub fn is_secret(path: &str) -> bool {
-    let last = path.rsplit('.').next().unwrap_or(path);
-    matches!(last, "password" | "token" | "auth_token")
-}
+pub use crate::problems::is_secret;
 
-/// Deserializes `value` as `T`, or records the problem under `prefix`.
+/// Most problems named in one section (a bound on the retries below).
+const MAX_PROBLEMS_PER_SECTION: usize = 100;
+
+/// Deserializes `value` as `T`, recording every problem under `prefix`.
+///
+/// serde stops at the first error, so on an error its key is recorded and
+/// removed from the tree (its default applies), and the rest is read again:
+/// a section with a bad `listen`, an unknown key and a bad duration names all
+/// three. A missing required key, or an error at the section itself, ends
+/// the section (nothing left to remove).
 fn section<T: DeserializeOwned>(
     prefix: &str,
-    value: Value,
+    mut value: Value,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let path = match inner.as_str() {
-                "." | "" => prefix.to_owned(),
-                p if p.starts_with('[') => format!("{prefix}{p}"),
-                p => format!("{prefix}.{p}"),
-            };
-            // A type error quotes the value it met: never a secret's.
-            let message = if is_secret(&path) {
-                "is not a string (the value is not shown: it is a secret)".to_owned()
-            } else {
-                e.into_inner().to_string()
-            };
-            problems.push(Problem::new(path, message));
-            None
+    for _ in 0..MAX_PROBLEMS_PER_SECTION {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let segments: Vec<serde_path_to_error::Segment> = err.path().iter().cloned().collect();
+        let inner = err.path().to_string();
+        let path = match inner.as_str() {
+            "." | "" => prefix.to_owned(),
+            p if p.starts_with('[') => format!("{prefix}{p}"),
+            p => format!("{prefix}.{p}"),
+        };
+        let text = err.into_inner().to_string();
+        // A type error quotes the value it met: never a secret's.
+        let message = if is_secret(&path) {
+            "is not a string (the value is not shown: it is a secret)".to_owned()
+        } else {
+            text.clone()
+        };
+        problems.push(Problem::new(path, message));
+        if text.starts_with("missing field") || !remove_at(&mut value, &segments) {
+            return None;
         }
+    }
+    None
+}
+
+/// Removes the node at `path` from `tree`; false when there is none to remove.
+/// An item of a list is removed with its whole list (removing it alone would
+/// renumber the items after it, and their problems would name wrong indexes).
+fn remove_at(tree: &mut Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let end = path
+        .iter()
+        .position(|s| !matches!(s, Segment::Map { .. }))
+        .unwrap_or(path.len());
+    let path = &path[..end];
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for seg in parents {
+        let Segment::Map { key } = seg else {
+            return false;
+        };
+        match node.get_mut(key.as_str()) {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Object(map)) => map.remove(key.as_str()).is_some(),
+        _ => false,
     }
 }
 
@@ -524,115 +555,6 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         }
     }
 
-    let influx = &c.sinks.influxdb;
-    if influx.enabled {
-        check_url(
-            &mut p,
-            "sinks.influxdb.url",
-            &influx.url,
-            &["http", "https"],
-        );
-        match influx.version {
-            1 => {
-                if influx
-                    .database
-                    .as_deref()
-                    .is_none_or(|d| d.trim().is_empty())
-                {
-                    p(
-                        "sinks.influxdb.database",
-                        "is required with version: 1".into(),
-                    );
-                }
-            }
-            2 => {
-                for (key, val) in [
-                    ("org", &influx.org),
-                    ("bucket", &influx.bucket),
-                    ("token", &influx.token),
-                ] {
-                    if val.as_deref().is_none_or(|v| v.trim().is_empty()) {
-                        p(
-                            &format!("sinks.influxdb.{key}"),
-                            "is required with version: 2".into(),
-                        );
-                    }
-                }
-            }
-            3 => p(
-                "sinks.influxdb.version",
-                "3 is written as version: 2 (InfluxDB 3 accepts the v2 write API)".into(),
-            ),
-            v => p("sinks.influxdb.version", format!("{v} is not 1 or 2")),
-        }
-        if influx.batch_size == 0 {
-            p("sinks.influxdb.batch_size", "must be at least 1".into());
-        }
-        if influx.flush_interval.get().is_zero() {
-            p(
-                "sinks.influxdb.flush_interval",
-                "must be longer than 0s".into(),
-            );
-        }
-    }
-    let mqtt = &c.sinks.mqtt;
-    if mqtt.enabled {
-        check_url(&mut p, "sinks.mqtt.url", &mqtt.url, &["mqtt", "mqtts"]);
-        if mqtt.client_id.trim().is_empty() {
-            p("sinks.mqtt.client_id", "is empty".into());
-        }
-        if mqtt.keepalive.get() < std::time::Duration::from_secs(1) {
-            p("sinks.mqtt.keepalive", "must be at least 1s".into());
-        }
-        let tls = mqtt.url.starts_with("mqtts://");
-        for (key, file) in [
-            ("ca_file", &mqtt.ca_file),
-            ("client_cert", &mqtt.client_cert),
-            ("client_key", &mqtt.client_key),
-        ] {
-            let Some(file) = file else { continue };
-            if !tls {
-                p(
-                    &format!("sinks.mqtt.{key}"),
-                    "is only used with an mqtts:// url".into(),
-                );
-            } else if let Err(e) = std::fs::metadata(file) {
-                p(
-                    &format!("sinks.mqtt.{key}"),
-                    format!("cannot read {}: {e}", file.display()),
-                );
-            }
-        }
-        if mqtt.client_cert.is_some() != mqtt.client_key.is_some() {
-            p(
-                "sinks.mqtt.client_key",
-                "client_cert and client_key go together: set both or neither".into(),
-            );
-        }
-    }
-    if mqtt.qos > 2 {
-        p("sinks.mqtt.qos", format!("{} is not 0, 1 or 2", mqtt.qos));
-    }
-    let t = &mqtt.topics;
-    for (key, topic) in [
-        ("all", &t.all),
-        ("session_start", &t.session_start),
-        ("session_stop", &t.session_stop),
-        ("connection_open", &t.connection_open),
-        ("connection_close", &t.connection_close),
-        ("state", &t.state),
-    ] {
-        if let Some(topic) = topic
-            && (topic.is_empty() || topic.contains(['+', '#']))
-        {
-            p(
-                &format!("sinks.mqtt.topics.{key}"),
-                format!(
-                    "{topic:?} is not a topic to publish to (empty, or has + or #); use null to switch it off"
-                ),
-            );
-        }
-    }
     if let Some(q) = &c.qlik {
         for (i, proxy) in q.proxies.iter().enumerate() {
             if proxy.host.trim().is_empty() {
@@ -649,21 +571,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             );
         }
     }
-}
-
-fn check_url(p: &mut impl FnMut(&str, String), path: &str, url: &str, schemes: &[&str]) {
-    let ok = url
-        .split_once("://")
-        .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
-    if !ok {
-        p(
-            path,
-            format!(
-                "{url:?} is not a URL starting with {}://",
-                schemes.join(":// or ")
-            ),
-        );
-    }
+    c.sinks.validate(&mut Scope::new("sinks", problems));
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! and `config/whosin.yaml` say the same thing. Loading ([`load`]) reports every
 //! problem it can find by key path, so an administrator fixes a file in one go.
 
-mod duration;
 mod load;
 pub mod watch;
 
@@ -14,8 +13,13 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use duration::{DurationError, HumanDuration};
-pub use load::{ConfigError, Problem, load, load_env, load_str, read};
+pub use crate::duration::{DurationError, HumanDuration};
+pub use crate::problems::{Problem, redact_url};
+pub use crate::sinks::influxdb::InfluxConfig;
+pub use crate::sinks::mqtt::{MqttConfig, MqttTopics};
+pub use crate::sinks::new_relic::{NewRelicAccount, NewRelicConfig};
+pub use crate::sinks::{PrometheusConfig, SinksConfig};
+pub use load::{ConfigError, load, load_env, load_str, read};
 
 /// Where the configuration is read from when `-c` is not given.
 pub const DEFAULT_PATH: &str = "config/whosin.yaml";
@@ -224,185 +228,6 @@ pub struct BlacklistEntry {
     /// A regex on `DIRECTORY\userid`, case-insensitive.
     #[serde(default)]
     pub regex: Option<String>,
-}
-
-/// `sinks:` where events go.
-#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinksConfig {
-    /// InfluxDB v1 or v2 write API.
-    pub influxdb: InfluxConfig,
-    /// MQTT broker.
-    pub mqtt: MqttConfig,
-    /// Prometheus exposition at `/metrics`.
-    pub prometheus: PrometheusConfig,
-}
-
-/// `sinks.influxdb:` Butler SOS-compatible points.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct InfluxConfig {
-    /// Send to InfluxDB.
-    pub enabled: bool,
-    /// Base URL of the server.
-    pub url: String,
-    /// Write API: 1 (`/write`) or 2 (`/api/v2/write`, also InfluxDB 3).
-    pub version: u8,
-    /// v1: database.
-    pub database: Option<String>,
-    /// v1: user name.
-    pub username: Option<String>,
-    /// v1: password.
-    pub password: Option<String>,
-    /// v1: retention policy (the database default when unset).
-    pub retention_policy: Option<String>,
-    /// v2: organisation.
-    pub org: Option<String>,
-    /// v2: bucket.
-    pub bucket: Option<String>,
-    /// v2: API token.
-    pub token: Option<String>,
-    /// Most points in one write.
-    pub batch_size: usize,
-    /// Longest wait before a partial batch is written.
-    pub flush_interval: HumanDuration,
-}
-
-impl Default for InfluxConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            url: "http://127.0.0.1:8086".into(),
-            version: 1,
-            database: Some("senseops".into()),
-            username: None,
-            password: None,
-            retention_policy: None,
-            org: None,
-            bucket: None,
-            token: None,
-            batch_size: 5000,
-            flush_interval: HumanDuration::from_secs(1),
-        }
-    }
-}
-
-/// `sinks.mqtt:` Butler SOS-compatible messages.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    /// Publish to MQTT.
-    pub enabled: bool,
-    /// `mqtt://host:port`, or `mqtts://` for TLS.
-    pub url: String,
-    /// MQTT client id.
-    pub client_id: String,
-    /// Optional user name.
-    pub username: Option<String>,
-    /// Optional password.
-    pub password: Option<String>,
-    /// QoS 0, 1 or 2.
-    pub qos: u8,
-    /// How often the connection is checked with a ping when idle.
-    pub keepalive: HumanDuration,
-    /// PEM file of the CA that signed the broker's certificate (`mqtts://`);
-    /// without it the system's trust store is used.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for brokers that require one (`mqtts://`).
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of `client_cert`.
-    pub client_key: Option<PathBuf>,
-    /// Topics; any can be `null` to switch it off.
-    pub topics: MqttTopics,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            url: "mqtt://127.0.0.1:1883".into(),
-            client_id: "whosin".into(),
-            username: None,
-            password: None,
-            qos: 1,
-            keepalive: HumanDuration::from_secs(30),
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-            topics: MqttTopics::default(),
-        }
-    }
-}
-
-/// `sinks.mqtt.topics:` Butler SOS's defaults.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttTopics {
-    /// Every event.
-    pub all: Option<String>,
-    /// `Start session` events.
-    pub session_start: Option<String>,
-    /// `Stop session` events.
-    pub session_stop: Option<String>,
-    /// `Open connection` events.
-    pub connection_open: Option<String>,
-    /// `Close connection` events.
-    pub connection_close: Option<String>,
-    /// Prefix of the retained per-host state topic: `<state>/<host>`.
-    pub state: Option<String>,
-}
-
-/// `url` with any password in it replaced by `***`, for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
-impl MqttTopics {
-    /// The topic under `key` (`all`, `session_start`, ..., `state`).
-    pub fn topic(&self, key: &str) -> Option<String> {
-        match key {
-            "all" => self.all.clone(),
-            "session_start" => self.session_start.clone(),
-            "session_stop" => self.session_stop.clone(),
-            "connection_open" => self.connection_open.clone(),
-            "connection_close" => self.connection_close.clone(),
-            "state" => self.state.clone(),
-            _ => None,
-        }
-    }
-}
-
-impl Default for MqttTopics {
-    fn default() -> Self {
-        Self {
-            all: Some("qliksense/userevent".into()),
-            session_start: Some("qliksense/userevent/session/start".into()),
-            session_stop: Some("qliksense/userevent/session/stop".into()),
-            connection_open: Some("qliksense/userevent/connection/open".into()),
-            connection_close: Some("qliksense/userevent/connection/close".into()),
-            state: Some("qliksense/sessions".into()),
-        }
-    }
-}
-
-/// `sinks.prometheus:` the `/metrics` endpoint.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrometheusConfig {
-    /// Serve `/metrics` on `http.listen`.
-    pub enabled: bool,
-}
-
-impl Default for PrometheusConfig {
-    fn default() -> Self {
-        Self { enabled: true }
-    }
 }
 
 /// `qlik:` the proxy service API.

@@ -195,18 +195,12 @@ async fn readyz(State(s): State<AppState>) -> Response {
             },
         ),
     );
-    for (name, status) in s.health.sinks.iter() {
-        let (state, detail) = status.describe();
-        let mut part = json!({"state": state, "detail": detail});
-        if state != "disabled" {
-            part["backlog"] = s
-                .metrics
-                .sink_backlog
-                .with_label_values(&[name])
-                .get()
-                .into();
+    for r in s.health.sinks.reports() {
+        let mut part = json!({"state": r.state, "detail": r.detail});
+        if let Some(b) = r.backlog {
+            part["backlog"] = b.into();
         }
-        sinks.insert((*name).into(), part);
+        sinks.insert(r.id, part);
     }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

@@ -4,6 +4,7 @@
 //! every datagram as received and either rejected (with its reason) or passed on,
 //! and hands each batch of events to the core over a channel without waiting.
 
+pub mod bowser;
 pub mod parse;
 pub mod udp;
 pub mod useragent;

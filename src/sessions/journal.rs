@@ -782,6 +782,18 @@ pub struct EventDetail {
     pub proxy_session_id: Option<String>,
 }
 
+impl EventDetail {
+    /// Browser and OS as Butler SOS writes them (Bowser's names).
+    pub fn bowser(&self) -> crate::ingest::bowser::Names<'_> {
+        crate::ingest::bowser::names(
+            self.browser_name.as_deref(),
+            self.browser_major.as_deref(),
+            self.os_name.as_deref(),
+            self.os_version.as_deref(),
+        )
+    }
+}
+
 /// `Chrome` + `131` → `Chrome 131`.
 pub fn join_name(name: Option<String>, version: Option<String>) -> Option<String> {
     match (name, version) {
@@ -924,29 +936,18 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
 
 /// What a sink uses to read the journal: the events after its cursor, and the
 /// cursor itself, which it advances only once its destination has confirmed.
-/// Every read and confirm refreshes `whosin_sink_backlog_events{sink}`.
 pub struct SinkReader {
     name: String,
     conn: Connection,
-    backlog: prometheus::IntGauge,
 }
 
 impl SinkReader {
-    /// A reader for the sink `name` on the journal at `path`.
-    pub fn open(
-        path: &Path,
-        name: &str,
-        metrics: &crate::metrics::Metrics,
-    ) -> rusqlite::Result<Self> {
-        let conn = open_reader(path)?;
-        let backlog = metrics.sink_backlog.with_label_values(&[name]);
-        let r = Self {
+    /// A reader for the sink `name` (its cursor's key) on the journal at `path`.
+    pub fn open(path: &Path, name: &str) -> rusqlite::Result<Self> {
+        Ok(Self {
             name: name.to_owned(),
-            conn,
-            backlog,
-        };
-        r.refresh_backlog()?;
-        Ok(r)
+            conn: open_reader(path)?,
+        })
     }
 
     /// The read connection, for queries of the sink's own (summaries).
@@ -961,15 +962,12 @@ impl SinkReader {
 
     /// The next events to deliver (after the cursor), at most `limit`.
     pub fn next_batch(&self, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
-        let batch = events_after(&self.conn, self.cursor()?, limit)?;
-        self.refresh_backlog()?;
-        Ok(batch)
+        events_after(&self.conn, self.cursor()?, limit)
     }
 
     /// The destination confirmed everything up to `seq`.
     pub fn confirm(&self, seq: u64) -> rusqlite::Result<()> {
-        set_cursor(&self.conn, &self.name, seq)?;
-        self.refresh_backlog()
+        set_cursor(&self.conn, &self.name, seq)
     }
 
     /// The events after `after` (not the cursor: a sink that pipelines reads
@@ -993,12 +991,6 @@ impl SinkReader {
             (Some(min), Some(max)) => (max - cursor.max(min - 1)).max(0) as u64,
             _ => 0,
         })
-    }
-
-    /// Sets `whosin_sink_backlog_events{sink}` (also while the sink cannot deliver).
-    pub fn refresh_backlog(&self) -> rusqlite::Result<()> {
-        self.backlog.set(self.backlog()? as i64);
-        Ok(())
     }
 }
 
@@ -1110,9 +1102,8 @@ mod tests {
         let path = path_in(dir.path());
         let mut conn = open(&path).unwrap();
         write_events(&mut conn, &LINES);
-        let metrics = crate::metrics::Metrics::new(&["test"]);
-        let sink = SinkReader::open(&path, "test", &metrics).unwrap();
-        let gauge = || metrics.sink_backlog.with_label_values(&["test"]).get();
+        let sink = SinkReader::open(&path, "test").unwrap();
+        let gauge = || sink.backlog().unwrap();
         assert_eq!(gauge(), 4);
         let batch = sink.next_batch(3).unwrap();
         assert_eq!(
@@ -1136,10 +1127,10 @@ mod tests {
         // A cursor never moves back, and survives a reopen.
         sink.confirm(2).unwrap();
         drop(sink);
-        let sink = SinkReader::open(&path, "test", &metrics).unwrap();
+        let sink = SinkReader::open(&path, "test").unwrap();
         assert_eq!(sink.cursor().unwrap(), 3);
         sink.confirm(4).unwrap();
-        assert_eq!(gauge(), 0);
+        assert_eq!(sink.backlog().unwrap(), 0);
         assert!(sink.next_batch(10).unwrap().is_empty());
     }
 

@@ -1,214 +1,175 @@
-//! Where events go: InfluxDB and MQTT, each a task reading the journal after
-//! its own cursor. Prometheus is served from the metrics registry at `/metrics`.
+//! Where events go: InfluxDB, MQTT and New Relic, each reading the journal
+//! after its own cursor. Prometheus is served from the metrics registry at
+//! `/metrics`.
 //!
-//! The [`supervise`] task owns the sink tasks: it starts the enabled ones, and
-//! when the config file changes it restarts exactly the sinks whose settings
-//! (or the tags, which every sink writes) changed. A restart loses nothing: the
-//! old task stops, and the new one begins at the same journal cursor.
+//! A sink is a folder (`influxdb/`, `mqtt/`, `new_relic/`): its config struct
+//! (whose doc comments are its documentation and whose `validate` names every
+//! problem), its encoder and its delivery, behind the small [`Sink`] trait.
+//! What every sink would otherwise repeat lives once, in [`driver`]: reading
+//! after the cursor, confirming, backoff with jitter, the status `/readyz`
+//! shows and the shared counters. The [`registry`] lists the sinks once; the
+//! supervisor starts the enabled ones and restarts exactly those whose
+//! settings changed when the config file changes, at the same cursor.
+//!
+//! Adding a sink: a folder with a config type implementing [`SinkConfig`] and
+//! a sink implementing [`Sink`], and one line in [`registry`].
 
+pub mod driver;
 pub mod influxdb;
 pub mod mqtt;
+pub mod new_relic;
+pub mod registry;
+mod split;
+pub mod status;
+mod supervisor;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use crate::problems::Scope;
+use crate::sessions::journal::StoredEvent;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::sessions::journal::SinkReader;
+pub use driver::Journal;
+pub use registry::{PrometheusConfig, SinksConfig};
+pub use split::{Post, deliver_split};
+pub use status::{SinkStatus, Statuses};
+pub use supervisor::{Context, SinkSettings, supervise};
 
-/// Every sink whosin has, by its name in metrics, `/readyz` and the journal.
-pub const NAMES: [&str; 2] = [influxdb::writer::SINK, mqtt::SINK];
+/// Events read from the journal, oldest first, in sequence order.
+pub type Batch = Arc<[StoredEvent]>;
 
-/// What a sink tells `/readyz` (a sink never makes whosin unready).
-#[derive(Default)]
-pub struct SinkStatus {
-    /// The sink is switched on in the config.
-    pub enabled: AtomicBool,
-    /// Since when writes fail, and the last error; `None` while writing works.
-    pub failing: Mutex<Option<(jiff::Timestamp, String)>>,
+/// Points a server refused for good: they are dropped, counted in
+/// `whosin_sink_points_refused_total` and shown as `degraded` in `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// How many points (events, for a batch of events).
+    pub points: u64,
+    /// The server's reason for the last of them.
+    pub reason: String,
 }
 
-impl SinkStatus {
-    /// Records a failed attempt (keeping when the failures began).
-    pub fn failed(&self, error: &str) {
-        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let since = f.as_ref().map_or_else(jiff::Timestamp::now, |(t, _)| *t);
-        *f = Some((since, error.to_owned()));
-    }
-
-    /// Records a successful write.
-    pub fn ok(&self) {
-        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// `("ok", detail)`, `("retrying", "since ...: error")` or `("disabled", ...)`.
-    pub fn describe(&self) -> (&'static str, String) {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return ("disabled", "switched off in the config".to_owned());
-        }
-        match &*self.failing.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => ("ok", "writing".to_owned()),
-            Some((since, e)) => ("retrying", format!("retrying since {since}: {e}")),
+impl Refused {
+    /// Adds `other` to `self` (`None` stays `None` only if both are).
+    pub fn merge(a: Option<Refused>, b: Option<Refused>) -> Option<Refused> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Refused {
+                points: a.points + b.points,
+                reason: b.reason,
+            }),
+            (a, b) => a.or(b),
         }
     }
 }
 
-/// The status of each sink in [`NAMES`], shared with `/readyz`.
-pub type Statuses = BTreeMap<&'static str, Arc<SinkStatus>>;
-
-/// One status per sink, all disabled until [`supervise`] starts them.
-pub fn statuses() -> Statuses {
-    NAMES.iter().map(|n| (*n, Arc::default())).collect()
+/// What a sink did with a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// The destination has it (less what it refused for good).
+    Done(Option<Refused>),
+    /// Handed over, not yet confirmed: [`Sink::settled`] says when it is.
+    Pending,
 }
 
-/// A sink's settings as far as they concern it: equal settings, no restart.
-#[derive(Clone, Debug, PartialEq)]
-enum Spec {
-    Influx(influxdb::writer::Settings),
-    Mqtt(mqtt::Settings),
+/// Batches whose delivery the destination has now confirmed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// How many of the oldest pending batches are done.
+    pub batches: usize,
+    /// What of them was refused for good.
+    pub refused: Option<Refused>,
 }
 
-fn tags(c: &Config) -> Vec<(String, String)> {
-    c.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
+/// A delivery failed, and may work later: the driver backs off, calls
+/// [`Sink::reset`] and sends everything after the cursor again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
 
-fn wanted(c: &Config, name: &str) -> Option<Spec> {
-    match name {
-        influxdb::writer::SINK if c.sinks.influxdb.enabled => {
-            Some(Spec::Influx(influxdb::writer::Settings {
-                influx: c.sinks.influxdb.clone(),
-                tags: tags(c),
-            }))
-        }
-        mqtt::SINK if c.sinks.mqtt.enabled => Some(Spec::Mqtt(mqtt::Settings {
-            mqtt: c.sinks.mqtt.clone(),
-            tags: tags(c),
-        })),
-        _ => None,
+/// A destination. The driver calls it from one task; nothing here needs to
+/// be thread-safe beyond `Send`.
+pub trait Sink: Send + 'static {
+    /// Most events per batch.
+    fn batch_size(&self) -> usize;
+
+    /// Most batches handed over and not yet confirmed (1: each batch is
+    /// [`Delivered::Done`] before the next is read).
+    fn pipeline(&self) -> usize {
+        1
+    }
+
+    /// How long to wait, once caught up, before looking at the journal again.
+    fn idle_interval(&self) -> Duration;
+
+    /// Sends one batch.
+    fn deliver(
+        &mut self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<Delivered, SinkError>> + Send;
+
+    /// Waits until pending batches are confirmed, oldest first. Called only
+    /// while some are pending.
+    fn settled(&mut self) -> impl Future<Output = Result<Settled, SinkError>> + Send {
+        std::future::pending()
+    }
+
+    /// Work of the sink's own while it is caught up (InfluxDB's periodic
+    /// summaries, MQTT's retained states), with the journal at hand.
+    fn idle(
+        &mut self,
+        journal: &Journal,
+    ) -> impl Future<Output = Result<Option<Refused>, SinkError>> + Send {
+        let _ = journal;
+        std::future::ready(Ok(None))
+    }
+
+    /// Forgets everything pending (after an error, or when stopping): what
+    /// was not confirmed is sent again from the cursor.
+    fn reset(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 }
 
-/// What every sink task is given.
-#[derive(Clone)]
-pub struct Context {
-    /// The journal file the sinks read.
-    pub journal_path: PathBuf,
-    /// The metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// The statuses `/readyz` shows.
-    pub statuses: Arc<Statuses>,
-    /// The live state's per-host summary, for MQTT's retained state topic.
-    pub live: Option<mqtt::LiveFeed>,
+/// What a sink's config type tells the registry.
+pub trait SinkConfig:
+    serde::de::DeserializeOwned + Default + Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The sink it builds.
+    type Sink: Sink;
+    /// The sink's name: its `sinks.<name>` key, its `sink` label in metrics,
+    /// its entry in `/readyz`, and its cursor in the journal.
+    const NAME: &'static str;
+    /// Whether the config switches it on.
+    fn enabled(&self) -> bool;
+    /// Every problem of the section, by key path within `p`.
+    fn validate(&self, p: &mut Scope<'_>);
+    /// The sinks to run, each with its own cursor id: one, named
+    /// [`Self::NAME`], or one per destination (`new_relic:<account>`).
+    fn build(&self, env: &Env) -> anyhow::Result<Vec<(String, Self::Sink)>>;
 }
 
-struct Running {
-    spec: Spec,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
+/// What a sink may need beyond its own section.
+#[derive(Clone, Default)]
+pub struct Env {
+    /// The configured `tags`.
+    pub tags: BTreeMap<String, String>,
+    /// The live state's per-host summary (MQTT's retained state topic).
+    pub live: Option<Arc<crate::sessions::feed::Feed>>,
 }
 
-fn start(ctx: &Context, name: &'static str, spec: Spec) -> anyhow::Result<Running> {
-    use anyhow::Context as _;
-    let reader = SinkReader::open(&ctx.journal_path, name, &ctx.metrics)
-        .with_context(|| format!("opening the journal for the {name} sink"))?;
-    let status = ctx.statuses[name].clone();
-    status.ok();
-    status.enabled.store(true, Ordering::Relaxed);
-    let stop = CancellationToken::new();
-    let metrics = ctx.metrics.clone();
-    let task = match spec.clone() {
-        Spec::Influx(s) => {
-            tracing::info!(
-                "influxdb: writing to {}",
-                crate::config::redact_url(&s.influx.url)
-            );
-            tokio::spawn(influxdb::writer::run(
-                s,
-                reader,
-                metrics,
-                status,
-                stop.clone(),
-            ))
-        }
-        Spec::Mqtt(s) => {
-            tracing::info!(
-                "mqtt: publishing to {}",
-                crate::config::redact_url(&s.mqtt.url)
-            );
-            tokio::spawn(mqtt::run(
-                s,
-                reader,
-                metrics,
-                status,
-                ctx.live.clone(),
-                stop.clone(),
-            ))
-        }
-    };
-    Ok(Running { spec, stop, task })
-}
-
-async fn halt(ctx: &Context, name: &str, r: Running) {
-    r.stop.cancel();
-    let _ = r.task.await;
-    ctx.statuses[name].enabled.store(false, Ordering::Relaxed);
-}
-
-/// Starts the sinks `initial` enables (failing if one cannot open the
-/// journal), then returns the task that follows config changes from `updates`
-/// until `stop`, and stops every sink before it ends.
-pub fn supervise(
-    initial: &Config,
-    mut updates: tokio::sync::watch::Receiver<Arc<Config>>,
-    ctx: Context,
-    stop: CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
-    let mut running: BTreeMap<&'static str, Running> = BTreeMap::new();
-    for name in NAMES {
-        if let Some(spec) = wanted(initial, name) {
-            running.insert(name, start(&ctx, name, spec)?);
-        }
+impl Env {
+    /// The tags as pairs, in name order.
+    pub fn tag_pairs(&self) -> Vec<(String, String)> {
+        self.tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                changed = updates.changed() => if changed.is_err() { break },
-            }
-            let config = updates.borrow_and_update().clone();
-            for name in NAMES {
-                let want = wanted(&config, name);
-                if running.get(name).map(|r| &r.spec) == want.as_ref() {
-                    continue;
-                }
-                if let Some(old) = running.remove(name) {
-                    tracing::info!("{name}: settings changed, restarting the sink");
-                    halt(&ctx, name, old).await;
-                }
-                if let Some(spec) = want {
-                    match start(&ctx, name, spec) {
-                        Ok(r) => {
-                            running.insert(name, r);
-                        }
-                        Err(e) => tracing::error!("{name}: cannot start: {e:#}"),
-                    }
-                }
-            }
-        }
-        for (name, r) in std::mem::take(&mut running) {
-            halt(&ctx, name, r).await;
-        }
-    }))
 }
 
 /// `d` plus up to a quarter more, so that many whosins (or a restart of one)
-/// do not retry against a recovering InfluxDB in lockstep.
+/// do not retry against a recovering server in lockstep.
 pub(crate) fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -216,9 +177,31 @@ pub(crate) fn jitter(d: Duration) -> Duration {
     d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
-pub(crate) async fn wait(stop: &CancellationToken, d: Duration) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(d) => {}
+/// reqwest's error text names the URL, which may hold a password.
+pub(crate) fn redact_error(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    // The source chain says what went wrong (connection refused, ...).
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = s.source();
     }
+    match e.url() {
+        Some(u) => text.replace(u.as_str(), &crate::problems::redact_url(u.as_str())),
+        None => text,
+    }
+}
+
+/// Gzips `body` (fast: the servers are on the LAN, the CPU is the cost).
+pub(crate) fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(body)?;
+    gz.finish()
 }

@@ -123,6 +123,33 @@ impl Influx {
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
 
+    /// Writes line protocol into `senseops` (as another client, e.g. Butler
+    /// SOS, would have); returns the status code and body.
+    pub fn write(&self, lines: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr()).unwrap();
+        write!(
+            s,
+            "POST /write?db=senseops HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{lines}",
+            lines.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, out)
+    }
+
+    /// The database names the server has.
+    pub fn databases(&self) -> String {
+        let (_, body) = http_get(self.addr(), "/query?q=SHOW%20DATABASES");
+        body
+    }
+
     /// Polls until `user_events` holds `want` points.
     pub fn wait_count(&self, want: u64) {
         let until = Instant::now() + DEADLINE;

@@ -1,9 +1,146 @@
-//! The InfluxDB sink: Butler SOS-compatible points for InfluxDB 1.x and 2.x/3.x.
+//! The InfluxDB sink: Butler SOS-compatible points for InfluxDB 1.x, 2.x and 3.x.
 //!
-//! [`line`] encodes line protocol, [`schema`] builds Butler SOS's points, and
-//! [`writer`] delivers them from the journal, confirming only what InfluxDB
-//! accepted.
+//! [`line`] encodes line protocol, [`schema`] builds Butler SOS's points,
+//! [`summaries`] the periodic ones, and [`http`] posts them to the write API
+//! of the configured version. Only what InfluxDB accepted is confirmed; the
+//! point times are stable, so a resend after an outage overwrites instead of
+//! duplicating.
 
+mod config;
+pub mod http;
 pub mod line;
 pub mod schema;
-pub mod writer;
+pub mod summaries;
+
+use std::time::Duration;
+
+pub use config::InfluxConfig;
+use schema::{Version, user_event};
+
+use crate::sinks::{Batch, Delivered, Env, Journal, Refused, Sink, SinkError, deliver_split};
+
+/// The InfluxDB sink.
+pub struct InfluxSink {
+    writer: http::Writer,
+    version: Version,
+    tags: Vec<(String, String)>,
+    batch_size: usize,
+    flush_interval: Duration,
+    /// Whether the summaries' cursor has been set up.
+    summaries_ready: bool,
+}
+
+impl InfluxSink {
+    /// The sink for `config`.
+    pub fn new(config: InfluxConfig, env: &Env) -> anyhow::Result<Self> {
+        tracing::info!(
+            "influxdb: writing to {} (version {})",
+            crate::problems::redact_url(&config.url),
+            config.version
+        );
+        Ok(Self {
+            version: Version::of(config.version),
+            tags: env.tag_pairs(),
+            batch_size: config.batch_size,
+            flush_interval: config.flush_interval.get(),
+            writer: http::Writer::new(config)?,
+            summaries_ready: false,
+        })
+    }
+
+    /// Writes `lines`; a missing database (version 1) is created once when
+    /// the config allows it.
+    async fn write(&self, lines: &[String]) -> Result<Option<Refused>, SinkError> {
+        match deliver_split(&self.writer, lines).await {
+            Err(SinkError(msg)) if msg.starts_with(http::MISSING) => {
+                let msg = &msg[http::MISSING.len()..];
+                if !self.writer.may_create() {
+                    return Err(SinkError(format!(
+                        "{msg} (create the database, or set sinks.influxdb.create_database: true)"
+                    )));
+                }
+                match self.writer.create_database().await {
+                    Ok(()) => {
+                        tracing::info!("influxdb: created the database on {}", self.writer.shown());
+                        deliver_split(&self.writer, lines).await
+                    }
+                    Err(e) => Err(SinkError(format!(
+                        "{msg}; and it cannot be created: {e} (create it, or give the user admin rights)"
+                    ))),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl Sink for InfluxSink {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn idle_interval(&self) -> Duration {
+        self.flush_interval
+    }
+
+    async fn deliver(&mut self, batch: Batch) -> Result<Delivered, SinkError> {
+        let tags: Vec<(&str, &str)> = self
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let lines: Vec<String> = batch
+            .iter()
+            .map(|ev| {
+                let mut l = String::with_capacity(400);
+                user_event(&mut l, ev, self.version, &tags);
+                l
+            })
+            .collect();
+        Ok(Delivered::Done(self.write(&lines).await?))
+    }
+
+    async fn idle(&mut self, journal: &Journal) -> Result<Option<Refused>, SinkError> {
+        use summaries::{SUMMARY_CURSOR, SUMMARY_EVERY_S};
+        if !self.summaries_ready {
+            // A new sink's summaries begin a minute before it starts: far
+            // enough back that events arriving while it starts up are
+            // counted, without recomputing a long history.
+            journal
+                .with(|r| {
+                    let conn = r.conn();
+                    if crate::sessions::journal::cursor(conn, SUMMARY_CURSOR)? == 0 {
+                        let now = jiff::Timestamp::now().as_second().max(0) as u64;
+                        let from = now.saturating_sub(60);
+                        crate::sessions::journal::set_cursor(
+                            conn,
+                            SUMMARY_CURSOR,
+                            from / SUMMARY_EVERY_S * SUMMARY_EVERY_S,
+                        )?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(SinkError)?;
+            self.summaries_ready = true;
+        }
+        let extra = self.tags.clone();
+        let version = self.version;
+        let body = journal
+            .with(move |r| summaries::summaries(r, &extra, jiff::Timestamp::now(), version))
+            .await
+            .map_err(SinkError)?;
+        let Some((body, upto)) = body else {
+            return Ok(None);
+        };
+        // Split into points, so that a point InfluxDB refuses for good is
+        // skipped like a bad event instead of holding every later summary back.
+        let lines: Vec<String> = body.split_inclusive('\n').map(str::to_owned).collect();
+        let refused = self.write(&lines).await?;
+        journal
+            .with(move |r| crate::sessions::journal::set_cursor(r.conn(), SUMMARY_CURSOR, upto))
+            .await
+            .map_err(SinkError)?;
+        Ok(refused)
+    }
+}

@@ -4,20 +4,53 @@
 //! command), `userFull`, `userDirectory`, `userId`, `origin`, and when known
 //! `appId`, `appName`, `uaBrowserName`, `uaBrowserMajorVersion`, `uaOsName`,
 //! `uaOsVersion`, plus the configured tags; fields `userFull`, `userId`, and
-//! `appId`/`appName` (v1) or `appId_field`/`appName_field` (v2). Dashboards
-//! should use only what both versions share (the tags, `userFull`, `userId`).
+//! `appId`/`appName` (v1) or `appId_field`/`appName_field` (v2); v3 (which
+//! refuses a tag and a field of one name) `userFull_field`, `userId_field`,
+//! `appId_field`, `appName_field`, as Butler SOS writes them. Dashboards for
+//! v1 and v2 use only what both share (the tags, `userFull`, `userId`).
+//! Browser and OS values are Bowser's, as Butler SOS writes them.
 
 use super::line::{Field, write_point};
 use crate::sessions::journal::{StoredEvent, nanos};
 
-/// Which field names the app id and name get.
+/// Which field names a version gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
-    /// InfluxDB 1.x: `appId`, `appName`.
+    /// InfluxDB 1.x: `userFull`, `userId`, `appId`, `appName`.
     V1,
-    /// InfluxDB 2.x and 3.x (v2 write API): `appId_field`, `appName_field`.
+    /// InfluxDB 2.x: `userFull`, `userId`, `appId_field`, `appName_field`.
     V2,
+    /// InfluxDB 3: `userFull_field`, `userId_field`, `appId_field`, `appName_field`.
+    V3,
 }
+
+impl Version {
+    /// The version of `sinks.influxdb.version`.
+    pub fn of(n: u8) -> Self {
+        match n {
+            2 => Version::V2,
+            3 => Version::V3,
+            _ => Version::V1,
+        }
+    }
+
+    /// The field names of user, user id, app id and app name.
+    fn fields(self) -> [&'static str; 4] {
+        match self {
+            Version::V1 => ["userFull", "userId", "appId", "appName"],
+            Version::V2 => ["userFull", "userId", "appId_field", "appName_field"],
+            Version::V3 => [
+                "userFull_field",
+                "userId_field",
+                "appId_field",
+                "appName_field",
+            ],
+        }
+    }
+}
+
+/// What Butler SOS writes as the name of an app it has no name for.
+pub const UNKNOWN_APP_NAME: &str = "<unknown app name>";
 
 /// The point time of an event: its time (source time or receive time) to the
 /// microsecond, plus its journal sequence number modulo 1000 in the last three
@@ -47,7 +80,8 @@ pub fn user_event(
     version: Version,
     extra_tags: &[(&str, &str)],
 ) {
-    let d = &ev.detail;
+    let ua = ev.detail.bowser();
+    let app_name = ev.app_id.as_ref().map(|_| UNKNOWN_APP_NAME);
     let mut tags: Vec<(&str, &str)> = vec![
         ("host", &ev.host),
         ("event_action", event_action(&ev.event)),
@@ -58,10 +92,11 @@ pub fn user_event(
     ];
     let optional = [
         ("appId", ev.app_id.as_deref()),
-        ("uaBrowserName", d.browser_name.as_deref()),
-        ("uaBrowserMajorVersion", d.browser_major.as_deref()),
-        ("uaOsName", d.os_name.as_deref()),
-        ("uaOsVersion", d.os_version.as_deref()),
+        ("appName", app_name),
+        ("uaBrowserName", ua.browser_name.as_deref()),
+        ("uaBrowserMajorVersion", ua.browser_major.as_deref()),
+        ("uaOsName", ua.os_name.as_deref()),
+        ("uaOsVersion", ua.os_version.as_deref()),
     ];
     tags.extend(optional.iter().filter_map(|(k, v)| v.map(|v| (*k, v))));
     // Configured tags never replace an event's own.
@@ -70,18 +105,39 @@ pub fn user_event(
             tags.push((k, v));
         }
     }
+    let cleaned: Vec<(String, String)>;
+    let tags: Vec<(&str, &str)> = if version == Version::V3 {
+        cleaned = tags
+            .iter()
+            .map(|(k, v)| match *k {
+                "userFull" => ((*k).to_owned(), (*v).to_owned()),
+                _ => (v3_clean(k), v3_clean(v)),
+            })
+            .collect();
+        cleaned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    } else {
+        tags
+    };
+    let [user_f, id_f, app_f, name_f] = version.fields();
     let mut fields = vec![
-        ("userFull", Field::Str(&ev.user)),
-        ("userId", Field::Str(&ev.user_id)),
+        (user_f, Field::Str(&ev.user)),
+        (id_f, Field::Str(&ev.user_id)),
     ];
-    if let Some(app) = ev.app_id.as_deref() {
-        let key = match version {
-            Version::V1 => "appId",
-            Version::V2 => "appId_field",
-        };
-        fields.push((key, Field::Str(app)));
+    if let (Some(app), Some(name)) = (ev.app_id.as_deref(), app_name) {
+        fields.push((app_f, Field::Str(app)));
+        fields.push((name_f, Field::Str(name)));
     }
     write_point(out, "user_events", &tags, &fields, Some(point_time(ev)));
+}
+
+/// Butler SOS's v3 writer strips `<`, `>`, `\\` and line breaks from every tag
+/// value but `userFull` (and from the configured tags' names), so an
+/// unknown app's `appName` tag reads `unknown app name` there.
+fn v3_clean(v: &str) -> String {
+    v.replace(['<', '>', '\\', '\n', '\r'], "")
 }
 
 /// Appends the `user_session_summary` points of one host at `time_ns`: one
@@ -140,16 +196,25 @@ pub fn session_summary(
 }
 
 /// Appends an `event_count` point: how many events of one source, host and
-/// subsystem arrived in the interval ending at `time_ns`.
+/// subsystem arrived in the interval ending at `time_ns`. The counter has the
+/// type Butler SOS gives it, since InfluxDB refuses another one for good in a
+/// database Butler SOS has written ("field type conflict"): a float for v1
+/// (its client has no schema for it), an integer for v2 and v3.
+#[allow(clippy::too_many_arguments)] // one per tag and field: a struct would only rename them
 pub fn event_count(
     out: &mut String,
     source: &str,
     host: &str,
     subsystem: &str,
-    counter: i64,
+    counter: u64,
     time_ns: i64,
     extra_tags: &[(&str, &str)],
+    version: Version,
 ) {
+    let counter = match version {
+        Version::V1 => Field::Float(counter as f64),
+        Version::V2 | Version::V3 => Field::Int(counter as i64),
+    };
     let mut tags = vec![
         ("event_type", "user"),
         ("source", source),
@@ -165,7 +230,7 @@ pub fn event_count(
         out,
         "event_count",
         &tags,
-        &[("counter", Field::Int(counter))],
+        &[("counter", counter)],
         Some(time_ns),
     );
 }
@@ -272,9 +337,32 @@ mod tests {
     }
 
     #[test]
-    fn v1_and_v2_points_carry_butlers_tags_and_fields() {
+    fn each_version_carries_butlers_tags_and_fields() {
         let app = "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c";
-        for (version, app_field) in [(Version::V1, "appId"), (Version::V2, "appId_field")] {
+        let v12 = ["userFull", "userId"];
+        for (version, names, app_name_tag) in [
+            (
+                Version::V1,
+                [v12[0], v12[1], "appId", "appName"],
+                "<unknown app name>",
+            ),
+            (
+                Version::V2,
+                [v12[0], v12[1], "appId_field", "appName_field"],
+                "<unknown app name>",
+            ),
+            // Butler SOS's v3 writer strips <, > and \ from tag values.
+            (
+                Version::V3,
+                [
+                    "userFull_field",
+                    "userId_field",
+                    "appId_field",
+                    "appName_field",
+                ],
+                "unknown app name",
+            ),
+        ] {
             let mut out = String::new();
             user_event(
                 &mut out,
@@ -292,21 +380,68 @@ mod tests {
             assert_eq!(tag("userId"), Some("anna"));
             assert_eq!(tag("origin"), Some("AppAccess"));
             assert_eq!(tag("appId"), Some(app));
+            assert_eq!(tag("appName"), Some(app_name_tag));
             assert_eq!(tag("uaBrowserName"), Some("Chrome"));
             assert_eq!(tag("uaBrowserMajorVersion"), Some("131"));
             assert_eq!(tag("uaOsName"), Some("Windows"));
-            assert_eq!(tag("uaOsVersion"), Some("10"));
+            assert_eq!(
+                tag("uaOsVersion"),
+                Some("NT 10.0"),
+                "Bowser's, as Butler SOS"
+            );
             assert_eq!(tag("qs_env"), Some("prod"));
             assert_eq!(tags.iter().filter(|(k, _)| k == "host").count(), 1);
-            assert_eq!(
-                fields,
-                vec![
-                    ("userFull".to_owned(), "LAB\\anna".to_owned()),
-                    ("userId".to_owned(), "anna".to_owned()),
-                    (app_field.to_owned(), app.to_owned()),
-                ]
-            );
+            let mut want = vec![
+                (names[0].to_owned(), "LAB\\anna".to_owned()),
+                (names[1].to_owned(), "anna".to_owned()),
+                (names[2].to_owned(), app.to_owned()),
+                (names[3].to_owned(), "<unknown app name>".to_owned()),
+            ];
+            let mut fields = fields;
+            fields.sort();
+            want.sort();
+            assert_eq!(fields, want, "{version:?}");
+            if version == Version::V3 {
+                for (k, _) in &fields {
+                    assert!(
+                        !tags.iter().any(|(t, _)| t == k),
+                        "{k} is a tag and a field"
+                    );
+                }
+            }
         }
+    }
+
+    #[test]
+    fn event_count_has_butler_sos_s_type_per_version() {
+        let mut out = String::new();
+        event_count(
+            &mut out,
+            "qseow-proxy-session",
+            "n1",
+            "AppAccess",
+            3,
+            10,
+            &[],
+            Version::V1,
+        );
+        assert!(out.contains(" counter=3.0 "), "{out}");
+        let mut out = String::new();
+        event_count(
+            &mut out,
+            "qseow-proxy-session",
+            "n1",
+            "",
+            3,
+            10,
+            &[],
+            Version::V2,
+        );
+        assert!(out.contains(" counter=3i "), "{out}");
+        assert!(
+            !out.contains("subsystem"),
+            "empty subsystem left out: {out}"
+        );
     }
 
     #[test]

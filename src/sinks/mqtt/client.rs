@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
-use crate::config::MqttConfig;
+use super::MqttConfig;
 
 pub fn qos(n: u8) -> QoS {
     match n {

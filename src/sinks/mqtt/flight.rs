@@ -1,12 +1,9 @@
-//! Which messages the broker has acknowledged, and so how far the cursor
-//! may move.
+//! Which messages the broker has acknowledged, and so which batches are
+//! done (the driver moves the cursor over them, oldest first).
 
 use std::collections::{HashMap, VecDeque};
 
 use rumqttc::QoS;
-
-/// Batches read ahead of the cursor.
-pub const PIPELINE: usize = 3;
 
 /// What this connection has handed to the client and what the broker has
 /// acknowledged, by packet id: a batch is done when every message of it is
@@ -21,26 +18,21 @@ pub struct InFlight {
     queued: VecDeque<Option<u64>>,
     /// The batch of each sent message awaiting its acknowledgement.
     by_pkid: HashMap<u16, Option<u64>>,
-    /// Done batches not yet confirmed: last seq and events.
-    done: Option<(u64, u64)>,
 }
 
 struct Batch {
     id: u64,
-    last: u64,
-    events: u64,
     unsent: u64,
     unacked: u64,
 }
 
 impl InFlight {
-    pub fn open(&mut self, last: u64, events: u64) -> u64 {
+    /// A new batch; its messages follow with [`InFlight::queue`].
+    pub fn open(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.batches.push_back(Batch {
             id,
-            last,
-            events,
             unsent: 0,
             unacked: 0,
         });
@@ -59,15 +51,6 @@ impl InFlight {
             b.unsent += 1;
         }
         self.queued.push_back(batch);
-    }
-
-    /// Batches read and not yet done.
-    pub fn open_batches(&self) -> usize {
-        self.batches.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.done.is_none()
     }
 
     /// The client sent the next queued message as `pkid`.
@@ -97,24 +80,18 @@ impl InFlight {
         }
     }
 
-    /// The seq the cursor can move to, if batches are done (the oldest open
-    /// ones with nothing left to send or acknowledge).
-    pub fn confirmable(&mut self) -> Option<u64> {
+    /// Removes the oldest batches with nothing left to send or acknowledge;
+    /// returns how many.
+    pub fn take_done(&mut self) -> usize {
+        let mut n = 0;
         while let Some(b) = self.batches.front() {
             if b.unsent > 0 || b.unacked > 0 {
                 break;
             }
-            let (last, events) = (b.last, b.events);
             self.batches.pop_front();
-            let (_, n) = self.done.unwrap_or((0, 0));
-            self.done = Some((last, n + events));
+            n += 1;
         }
-        self.done.map(|(last, _)| last)
-    }
-
-    /// Takes the done batches' event count, once confirmed.
-    pub fn take_confirmed(&mut self) -> u64 {
-        self.done.take().map_or(0, |(_, n)| n)
+        n
     }
 }
 
@@ -123,15 +100,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cursor_moves_only_over_batches_sent_and_acknowledged_in_full() {
+    fn batches_are_done_only_when_sent_and_acknowledged_in_full() {
         let mut f = InFlight::default();
-        let a = f.open(10, 5);
+        let a = f.open();
         f.queue(Some(a));
         f.queue(None); // a state message between the batches
-        let b = f.open(20, 10);
+        let b = f.open();
         f.queue(Some(b));
         f.queue(Some(b));
-        assert_eq!(f.confirmable(), None);
+        assert_eq!(f.take_done(), 0);
         f.sent(1, QoS::AtLeastOnce);
         f.sent(2, QoS::AtLeastOnce);
         f.sent(3, QoS::AtLeastOnce);
@@ -140,35 +117,32 @@ mod tests {
         f.acked(3);
         f.acked(4);
         f.acked(2);
-        assert_eq!(f.confirmable(), None, "a is not acknowledged yet");
+        assert_eq!(f.take_done(), 0, "a is not acknowledged yet");
         f.acked(1);
-        assert_eq!(f.confirmable(), Some(20));
-        assert_eq!(f.take_confirmed(), 15);
-        assert!(f.is_empty());
+        assert_eq!(f.take_done(), 2);
         // An unknown or repeated acknowledgement changes nothing.
-        let c = f.open(30, 1);
+        let c = f.open();
         f.queue(Some(c));
         f.acked(1);
-        assert_eq!(f.confirmable(), None, "c is not even sent");
+        assert_eq!(f.take_done(), 0, "c is not even sent");
         f.sent(5, QoS::AtLeastOnce);
-        assert_eq!(f.confirmable(), None);
+        assert_eq!(f.take_done(), 0);
         f.acked(5);
-        assert_eq!(f.confirmable(), Some(30));
+        assert_eq!(f.take_done(), 1);
     }
 
     #[test]
     fn at_qos_0_sent_is_delivered() {
         let mut f = InFlight::default();
-        let a = f.open(7, 2);
+        let a = f.open();
         f.queue(Some(a));
         f.queue(Some(a));
         f.sent(0, QoS::AtMostOnce);
-        assert_eq!(f.confirmable(), None);
+        assert_eq!(f.take_done(), 0);
         f.sent(0, QoS::AtMostOnce);
-        assert_eq!(f.confirmable(), Some(7));
+        assert_eq!(f.take_done(), 1);
         // A batch whose events go to no topic is done at once.
-        f.take_confirmed();
-        f.open(9, 3);
-        assert_eq!(f.confirmable(), Some(9));
+        f.open();
+        assert_eq!(f.take_done(), 1);
     }
 }

@@ -1,9 +1,10 @@
 //! Publishing journaled events to MQTT, losing none across broker restarts.
 //!
-//! Events are read from the journal after the sink's cursor, in batches; a
-//! batch is published (every event to `topics.all` and to its command's
-//! topic) and the cursor moves only when the broker has acknowledged every
-//! message of it: PUBACK at QoS 1, PUBCOMP at QoS 2, the send at QoS 0.
+//! A batch is published (every event to `topics.all` and to its command's
+//! topic) and is done when the broker has acknowledged every message of it:
+//! PUBACK at QoS 1, PUBCOMP at QoS 2, the send at QoS 0. Several batches are
+//! in flight at once ([`PIPELINE`]); the driver moves the cursor over the
+//! done ones, oldest first.
 //!
 //! rumqttc keeps unacknowledged messages in its own memory and throws them
 //! away when it reconnects to a broker that has no session for it (a clean
@@ -18,181 +19,107 @@
 //! most once per second) and again after every reconnect.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, Outgoing, Packet, QoS};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
-use crate::config::MqttConfig;
-use crate::metrics::Metrics;
 use crate::sessions::feed::{Feed, HostSnapshot};
-use crate::sessions::journal::{SinkReader, StoredEvent};
-use crate::sinks::SinkStatus;
+use crate::sinks::{Batch, Delivered, Env, Journal, Refused, Settled, Sink, SinkError};
 
 mod client;
+mod config;
 mod flight;
 mod payload;
 
 pub use client::options;
 use client::qos;
-use flight::{InFlight, PIPELINE};
+pub use config::{MqttConfig, MqttTopics};
+use flight::InFlight;
 pub use payload::{micros, payload, state_payload, topics};
 
-/// The sink's name in metrics and in the journal's cursors.
-pub const SINK: &str = "mqtt";
+/// Batches in flight at once: reading the journal overlaps with waiting for
+/// acknowledgements.
+pub const PIPELINE: usize = 3;
 
 /// Events per batch; each is one or two messages.
 const BATCH: usize = 500;
 
-/// Most host states published between two batches.
+/// Most host states published at a time.
 const MAX_STATES_PER_ROUND: usize = 256;
 
 /// rumqttc's request channel holds every batch in flight and a round of
 /// states, so publishing never waits.
 const CHANNEL: usize = PIPELINE * (2 * BATCH + MAX_STATES_PER_ROUND) + 16;
 
-/// How often an idle sink looks for new events in the journal.
+/// How often an idle sink looks for new events (and changed states).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Longest wait between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// On shutdown, how long to wait for the acknowledgements of what was sent.
-const DRAIN: Duration = Duration::from_secs(2);
-
-/// Everything the sink needs, from the config.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// The `sinks.mqtt` section.
-    pub mqtt: MqttConfig,
-    /// The configured tags.
-    pub tags: Vec<(String, String)>,
+/// What the connection task reports.
+enum Note {
+    /// The client sent the next queued message as this packet id.
+    Sent(u16),
+    /// The broker acknowledged this packet id.
+    Acked(u16),
+    /// The connection ended.
+    Lost(String),
 }
 
-/// The live state's per-host summary, for the state topic.
-pub type LiveFeed = Arc<Feed>;
-
-/// Why a connection ended.
-struct Failure {
-    /// The broker had accepted the connection before it failed.
-    connected: bool,
-    error: String,
+/// One connection to the broker: the client, and the task polling its event
+/// loop (which must run all the time, for keep-alive pings and acks).
+struct Connection {
+    client: AsyncClient,
+    notes: mpsc::UnboundedReceiver<Note>,
+    task: tokio::task::JoinHandle<()>,
+    flight: InFlight,
+    /// The states this connection has published (all again after a reconnect).
+    published: HashMap<String, HostSnapshot>,
 }
 
-struct Sink {
-    settings: Settings,
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+        self.task.abort();
+    }
+}
+
+/// The MQTT sink.
+pub struct MqttSink {
+    config: MqttConfig,
     tags: BTreeMap<String, String>,
     qos: QoS,
-    reader: Arc<Mutex<SinkReader>>,
-    written: prometheus::IntCounter,
-    status: Arc<SinkStatus>,
-    feed: Option<LiveFeed>,
+    feed: Option<Arc<Feed>>,
+    conn: Option<Connection>,
+    /// The url for messages, never with a password.
+    shown: String,
 }
 
-/// Runs until `stop` is cancelled.
-pub async fn run(
-    settings: Settings,
-    reader: SinkReader,
-    metrics: Arc<Metrics>,
-    status: Arc<SinkStatus>,
-    feed: Option<LiveFeed>,
-    stop: CancellationToken,
-) {
-    let errors = metrics.sink_errors.with_label_values(&[SINK]);
-    let mut sink = Sink {
-        tags: settings.tags.iter().cloned().collect(),
-        qos: qos(settings.mqtt.qos),
-        settings,
-        reader: Arc::new(Mutex::new(reader)),
-        written: metrics.sink_written.with_label_values(&[SINK]),
-        status,
-        feed,
-    };
-    let mut backoff = Duration::from_millis(250);
-    let mut failing = false;
-    loop {
-        match sink.connection(&stop, failing).await {
-            Ok(()) => return,
-            Err(f) => {
-                sink.status.failed(&f.error);
-                errors.inc();
-                if !failing {
-                    tracing::warn!(
-                        "mqtt: {}; reconnecting with backoff (nothing is lost: what the broker did not acknowledge is sent again)",
-                        f.error
-                    );
-                    failing = true;
-                }
-                if f.connected {
-                    backoff = Duration::from_millis(250);
-                }
-                // The backlog grows while the broker is away: show it.
-                let r = sink.reader.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    r.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .refresh_backlog()
-                })
-                .await;
-            }
-        }
-        super::wait(&stop, super::jitter(backoff)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        if stop.is_cancelled() {
-            return;
-        }
-    }
-}
-
-impl Sink {
-    async fn confirm(&self, seq: u64) {
-        let r = self.reader.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            r.lock().unwrap_or_else(|p| p.into_inner()).confirm(seq)
-        })
-        .await;
-        if let Ok(Err(e)) = done {
-            tracing::warn!("mqtt: cannot record progress in the journal: {e}");
+impl MqttSink {
+    /// The sink for `config`.
+    pub fn new(config: MqttConfig, env: &Env) -> Self {
+        let shown = crate::problems::redact_url(&config.url);
+        tracing::info!("mqtt: publishing to {shown}");
+        Self {
+            qos: qos(config.qos),
+            tags: env.tags.clone(),
+            feed: env.live.clone(),
+            conn: None,
+            shown,
+            config,
         }
     }
 
-    /// Publishes the host states that differ from what this connection has
-    /// published; returns how many messages were handed to the client.
-    fn publish_states(
-        &self,
-        client: &AsyncClient,
-        published: &mut HashMap<String, HostSnapshot>,
-    ) -> u64 {
-        let (Some(feed), Some(prefix)) = (&self.feed, &self.settings.mqtt.topics.state) else {
-            return 0;
-        };
-        let mut sent = 0;
-        for (host, snap, at) in feed.snapshot() {
-            if sent as usize >= MAX_STATES_PER_ROUND {
-                break;
-            }
-            if published.get(&host) == Some(&snap) {
-                continue;
-            }
-            let topic = format!("{}/{host}", prefix.trim_end_matches('/'));
-            let body = state_payload(&host, &snap, at, &self.tags);
-            if client.try_publish(topic, self.qos, true, body).is_ok() {
-                sent += 1;
-                published.insert(host, snap);
-            }
+    /// The connection, made when there is none.
+    async fn connected(&mut self) -> Result<&mut Connection, SinkError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
         }
-        sent
+        Ok(self.conn.as_mut().expect("just made"))
     }
 
-    /// One connection: connects, then publishes batches until an error or
-    /// `stop`. `Ok` only when stopped.
-    async fn connection(&mut self, stop: &CancellationToken, failing: bool) -> Result<(), Failure> {
-        let options = options(&self.settings.mqtt).map_err(|error| Failure {
-            connected: false,
-            error,
-        })?;
-        let url = crate::config::redact_url(&self.settings.mqtt.url);
+    async fn connect(&self) -> Result<Connection, SinkError> {
+        let options = options(&self.config).map_err(SinkError)?;
         let (client, mut eventloop) = AsyncClient::new(options, CHANNEL);
         let mut net = rumqttc::NetworkOptions::new();
         // Acknowledgements are what the sink waits for: send at once.
@@ -200,145 +127,162 @@ impl Sink {
         net.set_connection_timeout(10);
         eventloop.set_network_options(net);
         loop {
-            let ev = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                ev = eventloop.poll() => ev,
-            };
-            match ev {
+            match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if ack.code == ConnectReturnCode::Success {
                         break;
                     }
-                    return Err(Failure {
-                        connected: false,
-                        error: format!("{url} refused the connection: {:?}", ack.code),
-                    });
+                    return Err(SinkError(format!(
+                        "{} refused the connection: {:?}",
+                        self.shown, ack.code
+                    )));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    return Err(Failure {
-                        connected: false,
-                        error: format!("cannot connect to {url}: {e}"),
-                    });
+                    return Err(SinkError(format!("cannot connect to {}: {e}", self.shown)));
                 }
             }
         }
-        self.status.ok();
-        if failing {
-            tracing::info!("mqtt: connected to {url} again; publishing from where it stopped");
-        } else {
-            tracing::info!("mqtt: connected to {url}");
+        tracing::info!("mqtt: connected to {}", self.shown);
+        let (tx, notes) = mpsc::unbounded_channel();
+        let qos = self.qos;
+        let shown = self.shown.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let note = match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(a))) if qos == QoS::AtLeastOnce => {
+                        Note::Acked(a.pkid)
+                    }
+                    Ok(Event::Incoming(Packet::PubComp(a))) if qos == QoS::ExactlyOnce => {
+                        Note::Acked(a.pkid)
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Note::Lost(format!("lost the connection to {shown}: {e}")));
+                        return;
+                    }
+                };
+                if tx.send(note).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Connection {
+            client,
+            notes,
+            task,
+            flight: InFlight::default(),
+            published: HashMap::new(),
+        })
+    }
+
+    /// Publishes the host states that differ from what this connection has
+    /// published.
+    fn publish_states(&mut self) -> Result<(), SinkError> {
+        let (Some(feed), Some(prefix), Some(conn)) =
+            (&self.feed, &self.config.topics.state, self.conn.as_mut())
+        else {
+            return Ok(());
+        };
+        let mut sent = 0;
+        for (host, snap, at) in feed.snapshot() {
+            if sent >= MAX_STATES_PER_ROUND {
+                break;
+            }
+            if conn.published.get(&host) == Some(&snap) {
+                continue;
+            }
+            let topic = format!("{}/{host}", prefix.trim_end_matches('/'));
+            let body = state_payload(&host, &snap, at, &self.tags);
+            conn.client
+                .try_publish(topic, self.qos, true, body)
+                .map_err(|e| SinkError(format!("cannot queue a message: {e}")))?;
+            conn.flight.queue(None);
+            conn.published.insert(host, snap);
+            sent += 1;
         }
-        let lost = |e: rumqttc::ConnectionError| Failure {
-            connected: true,
-            error: format!("lost the connection to {url}: {e}"),
+        Ok(())
+    }
+}
+
+impl Connection {
+    fn note(&mut self, note: Note, qos: QoS) -> Result<(), SinkError> {
+        match note {
+            Note::Sent(pkid) => self.flight.sent(pkid, qos),
+            Note::Acked(pkid) => self.flight.acked(pkid),
+            Note::Lost(e) => return Err(SinkError(e)),
+        }
+        Ok(())
+    }
+}
+
+impl Sink for MqttSink {
+    fn batch_size(&self) -> usize {
+        BATCH
+    }
+
+    fn pipeline(&self) -> usize {
+        PIPELINE
+    }
+
+    fn idle_interval(&self) -> Duration {
+        IDLE_POLL
+    }
+
+    async fn deliver(&mut self, batch: Batch) -> Result<Delivered, SinkError> {
+        self.connected().await?;
+        self.publish_states()?;
+        let (qos, topics_cfg) = (self.qos, &self.config.topics);
+        let conn = self.conn.as_mut().expect("connected");
+        let id = conn.flight.open();
+        for ev in batch.iter() {
+            let body = payload(ev, &self.tags);
+            for topic in topics(ev, topics_cfg) {
+                // The channel holds PIPELINE batches: never full.
+                conn.client
+                    .try_publish(topic, qos, false, body.clone())
+                    .map_err(|e| SinkError(format!("cannot queue a message: {e}")))?;
+                conn.flight.queue(Some(id));
+            }
+        }
+        Ok(Delivered::Pending)
+    }
+
+    async fn settled(&mut self) -> Result<Settled, SinkError> {
+        let qos = self.qos;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(SinkError("not connected".into()));
         };
-        let mut feed_rx = self.feed.as_ref().map(|f| f.subscribe());
-        let mut published: HashMap<String, HostSnapshot> = HashMap::new();
-        let mut flight = InFlight::default();
-        // Where the next read starts: batches are read ahead of what the
-        // broker has acknowledged, so reading overlaps with waiting.
-        let mut read_from = {
-            let r = self.reader.clone();
-            tokio::task::spawn_blocking(move || {
-                r.lock().unwrap_or_else(|p| p.into_inner()).cursor()
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.map_err(|e| e.to_string()))
-            .map_err(|e| Failure {
-                connected: true,
-                error: format!("cannot read the journal: {e}"),
-            })?
-        };
-        let mut reading: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, String>>> = None;
-        let mut idle_until: Option<tokio::time::Instant> = None;
-        let mut stopping: Option<tokio::time::Instant> = None;
         loop {
-            if reading.is_none()
-                && idle_until.is_none()
-                && stopping.is_none()
-                && flight.open_batches() < PIPELINE
-            {
-                for _ in 0..self.publish_states(&client, &mut published) {
-                    flight.queue(None);
-                }
-                let r = self.reader.clone();
-                let from = read_from;
-                reading = Some(tokio::task::spawn_blocking(move || {
-                    r.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .batch_after(from, BATCH)
-                        .map_err(|e| format!("cannot read the journal: {e}"))
-                }));
+            let done = conn.flight.take_done();
+            if done > 0 {
+                return Ok(Settled {
+                    batches: done,
+                    refused: None,
+                });
             }
-            if let Some(last) = flight.confirmable() {
-                let n = flight.take_confirmed();
-                self.confirm(last).await;
-                self.written.inc_by(n);
-            }
-            if let Some(deadline) = stopping
-                && (flight.is_empty() || tokio::time::Instant::now() >= deadline)
-            {
-                let _ = client.try_disconnect();
-                return Ok(());
-            }
-            let idle = idle_until.unwrap_or_else(tokio::time::Instant::now);
-            let drain = stopping.unwrap_or_else(tokio::time::Instant::now);
-            tokio::select! {
-                () = stop.cancelled(), if stopping.is_none() => {
-                    // Wait a moment for the acknowledgements of what is out,
-                    // so that a restart sends as little as possible again.
-                    stopping = Some(tokio::time::Instant::now() + DRAIN);
-                }
-                () = tokio::time::sleep_until(drain), if stopping.is_some() => {}
-                read = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
-                    reading = None;
-                    let events = match read {
-                        Ok(Ok(e)) => e,
-                        Ok(Err(e)) => {
-                            tracing::warn!("mqtt: {e}");
-                            Vec::new()
-                        }
-                        Err(e) => return Err(Failure { connected: true, error: e.to_string() }),
-                    };
-                    let Some(last) = events.last().map(|e| e.seq) else {
-                        idle_until = Some(tokio::time::Instant::now() + IDLE_POLL);
-                        continue;
-                    };
-                    let id = flight.open(last, events.len() as u64);
-                    for ev in &events {
-                        let body = payload(ev, &self.tags);
-                        for topic in topics(ev, &self.settings.mqtt.topics) {
-                            // The channel holds PIPELINE batches: never full.
-                            client
-                                .try_publish(topic, self.qos, false, body.clone())
-                                .map_err(|e| Failure {
-                                    connected: true,
-                                    error: format!("cannot queue a message: {e}"),
-                                })?;
-                            flight.queue(Some(id));
-                        }
-                    }
-                    read_from = last;
-                }
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flight.sent(pkid, self.qos),
-                    Ok(Event::Incoming(Packet::PubAck(ack))) if self.qos == QoS::AtLeastOnce => {
-                        flight.acked(ack.pkid);
-                    }
-                    Ok(Event::Incoming(Packet::PubComp(ack))) if self.qos == QoS::ExactlyOnce => {
-                        flight.acked(ack.pkid);
-                    }
-                    Ok(_) => {}
-                    Err(_) if stopping.is_some() => return Ok(()),
-                    Err(e) => return Err(lost(e)),
-                },
-                () = tokio::time::sleep_until(idle), if idle_until.is_some() => idle_until = None,
-                _ = async { feed_rx.as_mut().expect("guarded").changed().await }, if idle_until.is_some() && feed_rx.is_some() => {
-                    idle_until = None;
-                }
-            }
+            let note = conn
+                .notes
+                .recv()
+                .await
+                .ok_or_else(|| SinkError("the connection ended".into()))?;
+            conn.note(note, qos)?;
         }
+    }
+
+    async fn idle(&mut self, _journal: &Journal) -> Result<Option<Refused>, SinkError> {
+        let qos = self.qos;
+        let conn = self.connected().await?;
+        // Acknowledgements of states, and news of a lost connection.
+        while let Ok(note) = conn.notes.try_recv() {
+            conn.note(note, qos)?;
+        }
+        self.publish_states()?;
+        Ok(None)
+    }
+
+    async fn reset(&mut self) {
+        self.conn = None;
     }
 }

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::MqttTopics;
+use super::MqttTopics;
 use crate::sessions::feed::HostSnapshot;
 use crate::sessions::journal::StoredEvent;
-use crate::sinks::influxdb::schema::event_action;
+use crate::sinks::influxdb::schema::{UNKNOWN_APP_NAME, event_action};
 
 /// Butler SOS's user event payload, plus `userFull`, `seq` and `timestamp`.
 #[derive(Serialize)]
@@ -52,6 +52,7 @@ pub fn micros(t: jiff::Timestamp) -> String {
 /// The JSON payload of `ev`. The same event always gives the same bytes.
 pub fn payload(ev: &StoredEvent, tags: &BTreeMap<String, String>) -> String {
     let d = &ev.detail;
+    let ua = d.bowser();
     serde_json::to_string(&Payload {
         message_type: &d.message_type,
         host: &ev.host,
@@ -63,11 +64,11 @@ pub fn payload(ev: &StoredEvent, tags: &BTreeMap<String, String>) -> String {
         message: &ev.message,
         tags,
         app_id: ev.app_id.as_deref(),
-        app_name: None,
-        ua_browser_name: d.browser_name.as_deref(),
-        ua_browser_major_version: d.browser_major.as_deref(),
-        ua_os_name: d.os_name.as_deref(),
-        ua_os_version: d.os_version.as_deref(),
+        app_name: ev.app_id.as_ref().map(|_| UNKNOWN_APP_NAME),
+        ua_browser_name: ua.browser_name.as_deref(),
+        ua_browser_major_version: ua.browser_major.as_deref(),
+        ua_os_name: ua.os_name.as_deref(),
+        ua_os_version: ua.os_version.as_deref(),
         user_full: &ev.user,
         seq: ev.seq,
         timestamp: micros(ev.time),
@@ -158,7 +159,7 @@ mod tests {
         let body = payload(&event(), &tags);
         assert_eq!(
             body,
-            r#"{"messageType":"qseow-proxy-connection","host":"sense-node1","command":"Open connection","userDir":"LAB","userId":"anna","origin":"AppAccess","context":"/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c","message":"Open connection \"quote\"","tags":{"qs_env":"prod"},"appId":"3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c","uaBrowserName":"Chrome","uaBrowserMajorVersion":"131","uaOsName":"Windows","uaOsVersion":"10","userFull":"LAB\\anna","seq":42,"timestamp":"2026-11-21T10:42:00.123456Z"}"#
+            r#"{"messageType":"qseow-proxy-connection","host":"sense-node1","command":"Open connection","userDir":"LAB","userId":"anna","origin":"AppAccess","context":"/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c","message":"Open connection \"quote\"","tags":{"qs_env":"prod"},"appId":"3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c","appName":"<unknown app name>","uaBrowserName":"Chrome","uaBrowserMajorVersion":"131","uaOsName":"Windows","uaOsVersion":"NT 10.0","userFull":"LAB\\anna","seq":42,"timestamp":"2026-11-21T10:42:00.123456Z"}"#
         );
         // The same event gives the same bytes (a redelivery is identical).
         assert_eq!(body, payload(&event(), &tags));
