@@ -556,6 +556,18 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     }
 
     if let Some(q) = &c.qlik {
+        for (key, file) in [
+            ("client", &q.certificates.client),
+            ("client_key", &q.certificates.client_key),
+            ("root", &q.certificates.root),
+        ] {
+            if file.as_os_str().is_empty() {
+                p(
+                    &format!("qlik.certificates.{key}"),
+                    "is required: the PEM file exported from the QMC (Certificates, platform independent PEM format)".into(),
+                );
+            }
+        }
         for (i, proxy) in q.proxies.iter().enumerate() {
             if proxy.host.trim().is_empty() {
                 p(&format!("qlik.proxies[{i}].host"), "is empty".into());
@@ -722,39 +734,63 @@ colour: blue
             "sessions.idle_timeout: \"5 minutes\" is not a duration",
             "colour: unknown key",
         ];
-        // Semantic checks (blacklist forms) run only once types are right, so
-        // check the type-level problems first, then the semantic ones.
-        for want in &want_prefixes[..3] {
+        for want in want_prefixes {
             assert!(
                 got.iter().any(|g| g.starts_with(want)),
                 "missing {want:?} in {got:#?}"
             );
         }
-        assert!(
-            got.iter().any(|g| g.starts_with(want_prefixes[6])),
-            "{got:#?}"
-        );
-        assert!(
-            got.iter().any(|g| g.starts_with(want_prefixes[7])),
-            "{got:#?}"
-        );
+        assert!(got.iter().any(|g| g.contains("unclosed group")), "{got:#?}");
+    }
 
-        let got = problems(
-            r#"
-blacklist:
-  - regex: '^LAB\\(test'
-  - directory: LAB
-    regex: x
-  - user_id: bob
-"#,
-        );
-        for want in &want_prefixes[3..6] {
+    #[test]
+    fn one_run_names_every_problem_of_five_sections() {
+        let got = problems(include_str!("../../tests/data/config/five-sections.yaml"));
+        let want = [
+            "udp.listen:",
+            "udp.colour: unknown field",
+            "udp.max_datagram_bytes: 0 is out of range",
+            "http.max_connections: invalid type",
+            "http.auth_token: is empty",
+            "blacklist[0].regex:",
+            "blacklist[1].directory: is empty",
+            "sessions.idle_timeout:",
+            "sinks.influxdb.version: 7 is not 1, 2 or 3",
+            "sinks.influxdb.batch_size:",
+            "sinks.mqtt.qos:",
+            "sinks.mqtt.url:",
+            "sinks.new_relic.scramble: invalid type",
+            "sinks.new_relic.accounts[0].account_id:",
+            "sinks.new_relic.accounts[0].insert_key: is empty",
+            "qlik.certificates.client_key: is required",
+            "qlik.certificates.root: is required",
+            "qlik.proxies[0].host: is empty",
+        ];
+        for w in want {
             assert!(
-                got.iter().any(|g| g.starts_with(want)),
-                "missing {want:?} in {got:#?}"
+                got.iter().any(|g| g.starts_with(w)),
+                "missing {w:?} in {got:#?}"
             );
         }
-        assert!(got[0].contains("unclosed group"), "{got:#?}");
+        assert_eq!(got.len(), want.len(), "nothing named twice: {got:#?}");
+    }
+
+    #[test]
+    fn a_semantic_problem_of_a_key_already_named_is_not_repeated() {
+        // `version: "two"` is a type error; the default standing in for it
+        // must not add "database is required" or a second version problem.
+        let got = problems(
+            "sinks:\n  influxdb:\n    enabled: true\n    version: \"two\"\n    database: null\n",
+        );
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[0].starts_with("sinks.influxdb.version: invalid type"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("sinks.influxdb.database: is required"),
+            "{got:#?}"
+        );
     }
 
     #[test]

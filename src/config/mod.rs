@@ -237,7 +237,9 @@ pub struct QlikConfig {
     /// The proxy nodes.
     #[serde(default)]
     pub proxies: Vec<QlikProxy>,
-    /// Certificates exported from the QMC.
+    /// Certificates exported from the QMC (required; checked by validation,
+    /// so that a missing one does not hide the section's other problems).
+    #[serde(default)]
     pub certificates: QlikCertificates,
     /// Accept a proxy certificate whose name does not match the host.
     #[serde(default)]
@@ -262,7 +264,8 @@ fn default_request_timeout() -> HumanDuration {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QlikProxy {
-    /// Host name of the proxy node.
+    /// Host name of the proxy node (required).
+    #[serde(default)]
     pub host: String,
     /// Proxy API port.
     #[serde(default = "default_qps_port")]
@@ -283,9 +286,9 @@ fn default_virtual_proxies() -> Vec<String> {
     vec![String::new()]
 }
 
-/// `qlik.certificates:` PEM files exported from the QMC.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// `qlik.certificates:` PEM files exported from the QMC (all three required).
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct QlikCertificates {
     /// `client.pem`
     pub client: PathBuf,

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+pub mod fake_influx3;
+pub mod fake_new_relic;
 pub mod fake_qps;
 pub mod influx;
 

@@ -39,9 +39,9 @@ impl Default for NewRelicConfig {
     }
 }
 
-/// One `sinks.new_relic.accounts` entry.
+/// One `sinks.new_relic.accounts` entry (both keys required).
 #[derive(Clone, Debug, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct NewRelicAccount {
     /// The account id (digits; quoted or not).
     #[serde(deserialize_with = "crate::problems::scalar_string")]
