@@ -229,7 +229,7 @@ fn write(
         }
         let cols = schema.entry(table.clone()).or_default();
         let mut conflict = None;
-        for (k, _) in &tags {
+        for k in tags.keys() {
             if let Some(old) = cols.get(k)
                 && *old != Kind::Tag
             {
