@@ -721,3 +721,53 @@ fn every_panel_query_returns_data_from_real_servers() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The user-activity dashboard for InfluxDB 3: the same panels with the v3
+/// field names (InfluxDB 3 refuses a tag and a field of one name, so the
+/// `userFull` and `userId` fields are `userFull_field` and `userId_field`
+/// there; the tags keep their names).
+fn v3_variant(v1: &str) -> String {
+    let mut text = v1.to_owned();
+    for name in ["userFull", "userId"] {
+        let field = format!("\\\"{name}\\\"");
+        let tag = format!("\\\"{name}\\\"::tag");
+        let key = format!("KEY = \\\"{name}\\\"");
+        text = text
+            .replace(&tag, "\u{1}TAG\u{1}")
+            .replace(&key, "\u{1}KEY\u{1}")
+            .replace(&field, &format!("\\\"{name}_field\\\""))
+            .replace("\u{1}TAG\u{1}", &tag)
+            .replace("\u{1}KEY\u{1}", &key);
+    }
+    text.replace(
+        "\"title\": \"whosin: user activity (InfluxDB)\"",
+        "\"title\": \"whosin: user activity (InfluxDB 3)\"",
+    )
+    .replace(
+        "\"uid\": \"whosin-activity\"",
+        "\"uid\": \"whosin-activity-v3\"",
+    )
+}
+
+#[test]
+fn the_influxdb_3_dashboard_is_the_user_activity_one_with_v3_field_names() {
+    let v1 = read("grafana/dashboards/user-activity.json");
+    let want = v3_variant(&v1);
+    let path = "grafana/influxdb3/user-activity.json";
+    if std::env::var_os("WHOSIN_WRITE_V3_DASHBOARD").is_some() {
+        std::fs::write(repo_file(path), &want).unwrap();
+    }
+    let got = read(path);
+    assert!(
+        got == want,
+        "{path} is not the v3 variant of grafana/dashboards/user-activity.json: run WHOSIN_WRITE_V3_DASHBOARD=1 cargo test --test dashboards the_influxdb_3"
+    );
+    let v: Value = serde_json::from_str(&got).unwrap();
+    let queries = v.to_string();
+    assert!(queries.contains("count(distinct(\\\"userFull_field\\\"))"));
+    assert!(!queries.contains("count(distinct(\\\"userFull\\\"))"));
+    assert!(
+        queries.contains("WITH KEY = \\\"userFull\\\""),
+        "tags keep their names"
+    );
+}
