@@ -3,6 +3,8 @@
 //! version Butler SOS 15.0.1 ships) gives for 325 real user agents, run the
 //! way Butler SOS runs it (`tests/bowser/generate.mjs`).
 
+mod common;
+
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -61,4 +63,35 @@ fn whosin_writes_bowser_s_names_for_at_least_95_percent_of_real_user_agents() {
         differ.join("\n")
     );
     assert!(share >= 0.95, "only {:.1}% agree", share * 100.0);
+}
+
+/// The committed fixture is what Bowser itself says today: `node` runs the
+/// generator over the corpus (the test command installs Bowser with npm).
+#[test]
+fn the_fixture_is_what_bowser_says() {
+    let Some(node) = common::tool("node", "nodejs") else {
+        return;
+    };
+    let modules = std::path::Path::new("tests/bowser/node_modules/bowser");
+    if !modules.exists() {
+        assert!(
+            !common::required(),
+            "tests/bowser/node_modules is missing: run npm ci --prefix tests/bowser"
+        );
+        return;
+    }
+    let out = std::process::Command::new(node)
+        .args(["tests/bowser/generate.mjs", "--stdout"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fixture = std::fs::read_to_string("tests/data/bowser-expected.json").unwrap();
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == fixture,
+        "tests/data/bowser-expected.json is not what Bowser gives: regenerate it (tests/bowser/README.md)"
+    );
 }

@@ -194,3 +194,32 @@ fn printed_to_the_terminal_the_secrets_are_references() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no Butler-SOS: section"));
 }
+
+#[test]
+fn new_relic_accounts_scramble_and_url_carry_over() {
+    let (c, text) = import("new-relic.yaml");
+    let nr = &c["sinks"]["new_relic"];
+    assert_eq!(nr["enabled"], true);
+    assert_eq!(nr["url"], "https://insights-collector.eu01.nr-data.net");
+    assert_eq!(nr["scramble"], true);
+    assert_eq!(
+        nr["accounts"],
+        json!([
+            {"account_id": "1234567", "insert_key": "NRII-first-secret-key"},
+            {"account_id": "7654321", "insert_key": "NRII-second-secret-key"},
+        ])
+    );
+    assert!(text.contains("\"Forgotten account\" is not in thirdPartyToolsCredentials.newRelic"), "{text}");
+    assert!(text.contains("newRelic.event.header"), "{text}");
+    assert_eq!(c["tags"], json!({"qs_env": "prod"}));
+
+    // Printed, the keys are environment references.
+    let o = whosin(&["import-butler-sos", data("new-relic.yaml").to_str().unwrap()], &[]);
+    assert!(o.status.success());
+    let printed = String::from_utf8(o.stdout).unwrap();
+    assert!(!printed.contains("NRII-"), "{printed}");
+    assert!(printed.contains("${WHOSIN_NEW_RELIC_INSERT_KEY}"), "{printed}");
+    assert!(printed.contains("${WHOSIN_NEW_RELIC_INSERT_KEY_2}"), "{printed}");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("WHOSIN_NEW_RELIC_INSERT_KEY_2"), "{err}");
+}

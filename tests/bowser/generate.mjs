@@ -76,6 +76,12 @@ const lines = readFileSync(join(here, 'user-agents.txt'), 'utf8')
     .filter((l) => l.length > 0);
 
 const out = lines.map(butlerSosUa);
-const target = join(here, '..', 'data', 'bowser-expected.json');
-writeFileSync(target, `${JSON.stringify(out, null, 2)}\n`);
-console.log(`bowser ${bowserVersion}: wrote ${out.length} entries to ${target}`);
+const text = `${JSON.stringify(out, null, 2)}\n`;
+if (process.argv.includes('--stdout')) {
+    // tests/bowser_names.rs compares this with the committed fixture.
+    process.stdout.write(text);
+} else {
+    const target = join(here, '..', 'data', 'bowser-expected.json');
+    writeFileSync(target, text);
+    console.log(`bowser ${bowserVersion}: wrote ${out.length} entries to ${target}`);
+}
