@@ -209,17 +209,32 @@ fn new_relic_accounts_scramble_and_url_carry_over() {
             {"account_id": "7654321", "insert_key": "NRII-second-secret-key"},
         ])
     );
-    assert!(text.contains("\"Forgotten account\" is not in thirdPartyToolsCredentials.newRelic"), "{text}");
+    assert!(
+        text.contains("\"Forgotten account\" is not in thirdPartyToolsCredentials.newRelic"),
+        "{text}"
+    );
     assert!(text.contains("newRelic.event.header"), "{text}");
     assert_eq!(c["tags"], json!({"qs_env": "prod"}));
 
     // Printed, the keys are environment references.
-    let o = whosin(&["import-butler-sos", data("new-relic.yaml").to_str().unwrap()], &[]);
+    let o = whosin(
+        &[
+            "import-butler-sos",
+            data("new-relic.yaml").to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(o.status.success());
     let printed = String::from_utf8(o.stdout).unwrap();
     assert!(!printed.contains("NRII-"), "{printed}");
-    assert!(printed.contains("${WHOSIN_NEW_RELIC_INSERT_KEY}"), "{printed}");
-    assert!(printed.contains("${WHOSIN_NEW_RELIC_INSERT_KEY_2}"), "{printed}");
+    assert!(
+        printed.contains("${WHOSIN_NEW_RELIC_INSERT_KEY}"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("${WHOSIN_NEW_RELIC_INSERT_KEY_2}"),
+        "{printed}"
+    );
     let err = String::from_utf8(o.stderr).unwrap();
     assert!(err.contains("WHOSIN_NEW_RELIC_INSERT_KEY_2"), "{err}");
 }

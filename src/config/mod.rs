@@ -5,6 +5,7 @@
 //! problem it can find by key path, so an administrator fixes a file in one go.
 
 mod load;
+mod validate;
 pub mod watch;
 
 use std::collections::BTreeMap;
