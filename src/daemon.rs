@@ -36,6 +36,7 @@ pub fn core_settings(c: &Config) -> anyhow::Result<CoreSettings> {
         blacklist: Blacklist::new(&c.blacklist).context("compiling the blacklist")?,
         idle_timeout: c.sessions.idle_timeout.get(),
         max_tracked: c.sessions.max_tracked,
+        per_user_limit: c.sessions.per_user_limit,
     })
 }
 
@@ -108,6 +109,15 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
     if open_sessions > 0 {
         tracing::info!("journal: {open_sessions} sessions were open at the last stop and continue");
     }
+    // App names the journal remembers, until the repository answers.
+    let apps = Arc::new(crate::apps::Apps::default());
+    match crate::apps::load(&conn) {
+        Ok(known) => {
+            apps.update(known);
+            metrics.apps_known.set(apps.len() as i64);
+        }
+        Err(e) => tracing::warn!("journal: cannot read the app names it keeps: {e}"),
+    }
     let journal_health = Arc::new(journal::JournalHealth::default());
     let (jtx, jrx) = std::sync::mpsc::channel();
     let journal_thread = journal::spawn_writer(
@@ -134,6 +144,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             statuses: statuses.clone(),
             live: Some(feed.clone()),
+            apps: apps.clone(),
         },
         stop_sinks.clone(),
     )?;
@@ -175,6 +186,20 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let app_names = config.qlik.as_ref().and_then(|q| {
+        let every = q.app_names_interval?;
+        Some(tokio::spawn(crate::qlik::apps::run(
+            q.clone(),
+            every.get(),
+            apps.clone(),
+            journal_path.clone(),
+            metrics.clone(),
+            stop_sinks.clone(),
+        )))
+    });
+    let per_user_limit = Arc::new(std::sync::atomic::AtomicUsize::new(
+        config.sessions.per_user_limit,
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let ingest_thread = ingest::spawn(
         sock,
@@ -201,6 +226,8 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
             streams: Arc::new(tokio::sync::Semaphore::new(
                 crate::http::stream::MAX_STREAMS,
             )),
+            apps: apps.clone(),
+            per_user_limit: per_user_limit.clone(),
         },
         crate::http::RequestLimits {
             timeout: config.http.request_timeout.get(),
@@ -214,6 +241,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
             tx.clone(),
             sink_updates,
             metrics.clone(),
+            per_user_limit.clone(),
         ),
         config::Source::Embedded => None,
     };
@@ -246,6 +274,9 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         // It holds a sender of the core's channel: the core ends after it.
         let _ = r.await;
     }
+    if let Some(a) = app_names {
+        let _ = a.await;
+    }
     stop.store(true, Ordering::Relaxed);
     health.udp_bound.store(false, Ordering::Relaxed);
     let _ = ingest_thread.join();
@@ -272,6 +303,7 @@ fn start_watch(
     tx: std::sync::mpsc::SyncSender<Input>,
     sinks: tokio::sync::watch::Sender<crate::sinks::SinkSettings>,
     metrics: Arc<Metrics>,
+    per_user_limit: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Option<config::watch::Watch> {
     let current = std::sync::Mutex::new(initial);
     let shown = path.display().to_string();
@@ -316,6 +348,7 @@ fn start_watch(
                     .send(Input::Reload(Arc::new(settings)));
                 // The sink supervisor restarts the sinks whose settings changed.
                 sinks.send_replace(sink_settings(&new));
+                per_user_limit.store(new.sessions.per_user_limit, Ordering::Relaxed);
                 metrics.config_reloads.with_label_values(&["applied"]).inc();
                 tracing::info!("config reloaded from {shown}");
                 *current = new;

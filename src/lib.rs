@@ -4,6 +4,7 @@
 //! state ([`sessions`]) → metrics ([`metrics`], served by [`http`]). The binary
 //! (`src/main.rs`) only parses the command line and calls into this library.
 
+pub mod apps;
 pub mod blacklist;
 pub mod config;
 pub mod daemon;

@@ -36,6 +36,9 @@ enum Cmd {
         /// Only this user, written DIRECTORY\userid.
         #[arg(long)]
         user: Option<String>,
+        /// Only sessions in this app: its id or its name, in any case.
+        #[arg(long)]
+        app: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = whosin::who::Format::Table)]
         format: whosin::who::Format,
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
             at,
             host,
             user,
+            app,
             format,
             server,
             token,
@@ -188,6 +192,7 @@ fn main() -> ExitCode {
                 at,
                 host,
                 user,
+                app,
                 format,
                 token,
                 sort,

@@ -53,6 +53,12 @@ pub struct Metrics {
     pub sink_backlog: IntGaugeVec,
     /// `whosin_sink_points_refused_total{sink}`
     pub sink_refused: IntCounterVec,
+    /// `whosin_qrs_requests_total{result}`
+    pub qrs_requests: IntCounterVec,
+    /// `whosin_apps_known`
+    pub apps_known: IntGauge,
+    /// `qliksense_users_at_session_limit`
+    pub users_at_limit: IntGauge,
     /// `whosin_events_unmatched_total{event}`
     pub events_unmatched: IntCounterVec,
     /// `whosin_config_reloads_total{result}`
@@ -199,6 +205,27 @@ impl Metrics {
                 "Points a sink's server refused for good (dropped, logged with the reason).",
                 &["sink"],
             ),
+            qrs_requests: counter(
+                "whosin_qrs_requests_total",
+                "Requests to the Qlik repository service (app names, discovery), by result.",
+                &["result"],
+            ),
+            apps_known: register(
+                &r,
+                IntGauge::with_opts(Opts::new(
+                    "whosin_apps_known",
+                    "Apps whose name the Qlik repository service told.",
+                ))
+                .unwrap(),
+            ),
+            users_at_limit: register(
+                &r,
+                IntGauge::with_opts(Opts::new(
+                    "qliksense_users_at_session_limit",
+                    "Users whose sessions across all hosts are at or over sessions.per_user_limit (their next login is refused).",
+                ))
+                .unwrap(),
+            ),
             events_unmatched: counter(
                 "whosin_events_unmatched_total",
                 "Stops and closes with no matching start or open.",
@@ -245,6 +272,9 @@ impl Metrics {
         }
         for ev in [Command::SessionStop, Command::ConnectionClose] {
             m.events_unmatched.with_label_values(&[ev.label()]);
+        }
+        for result in ["ok", "failed"] {
+            m.qrs_requests.with_label_values(&[result]);
         }
         for result in ["applied", "refused"] {
             m.config_reloads.with_label_values(&[result]);

@@ -16,6 +16,9 @@ pub enum Format {
     Table,
     /// The API's JSON, unchanged.
     Json,
+    /// Comma-separated values with a header line, for a spreadsheet or for
+    /// mailing the people a restart will affect.
+    Csv,
 }
 
 /// Table order.
@@ -40,6 +43,8 @@ pub struct Options {
     pub host: Option<String>,
     /// Only this user (`DIRECTORY\userid`).
     pub user: Option<String>,
+    /// Only sessions in this app (its id or name).
+    pub app: Option<String>,
     /// Output format.
     pub format: Format,
     /// Bearer token, when the daemon has `http.auth_token`.
@@ -72,6 +77,9 @@ async fn fetch(opts: &Options) -> anyhow::Result<String> {
     }
     if let Some(u) = &opts.user {
         query.push(("user", u));
+    }
+    if let Some(a) = &opts.app {
+        query.push(("app", a));
     }
     let mut url = reqwest::Url::parse(&format!("{base}/api/v1/sessions")).map_err(|e| {
         BadRequest(format!(
@@ -112,11 +120,15 @@ async fn fetch(opts: &Options) -> anyhow::Result<String> {
     }
     match opts.format {
         Format::Json => Ok(body),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             let mut answer: SessionsAnswer =
                 serde_json::from_str(&body).context("the answer is not the sessions JSON")?;
             sort(&mut answer, opts.sort);
-            Ok(table(&answer))
+            Ok(if opts.format == Format::Csv {
+                csv(&answer)
+            } else {
+                table(&answer)
+            })
         }
     }
 }
@@ -146,6 +158,49 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// The apps of a session by name (the id while the name is unknown).
+fn app_names(s: &crate::sessions::query::SessionView) -> Vec<String> {
+    s.apps
+        .iter()
+        .map(|a| a.name.clone().unwrap_or_else(|| a.id.clone()))
+        .collect()
+}
+
+/// One CSV field, quoted when it must be (RFC 4180).
+pub fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
+    }
+}
+
+/// The sessions as CSV, one line each, with a header line.
+pub fn csv(a: &SessionsAnswer) -> String {
+    let mut out = String::from(
+        "host,user,user_directory,user_id,started_at,connections,apps,app_ids,browser,os\n",
+    );
+    for s in &a.sessions {
+        let ids: Vec<&str> = s.apps.iter().map(|a| a.id.as_str()).collect();
+        let cells = [
+            s.host.clone(),
+            s.user.clone(),
+            s.user_directory.clone(),
+            s.user_id.clone(),
+            s.started_at.to_string(),
+            s.connections.to_string(),
+            app_names(s).join("; "),
+            ids.join("; "),
+            s.browser.clone().unwrap_or_default(),
+            s.os.clone().unwrap_or_default(),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
 /// The table a person reads; durations are as of the answer's instant.
 pub fn table(a: &SessionsAnswer) -> String {
     let header = [
@@ -173,7 +228,11 @@ pub fn table(a: &SessionsAnswer) -> String {
                 since,
                 human(dur),
                 s.connections.to_string(),
-                s.apps.len().to_string(),
+                if s.apps.is_empty() {
+                    "-".into()
+                } else {
+                    app_names(s).join(", ")
+                },
                 s.browser.clone().unwrap_or_else(|| "-".into()),
                 s.os.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -239,10 +298,20 @@ mod tests {
                 user: "LAB\\anna".into(),
                 started_at: t("2026-11-21T09:39:30Z"),
                 connections: 2,
-                apps: vec![AppView {
-                    id: "x".into(),
-                    name: None,
-                }],
+                apps: vec![
+                    AppView {
+                        stream: None,
+                        connections: 1,
+                        id: "3f2a1c9e".into(),
+                        name: None,
+                    },
+                    AppView {
+                        stream: Some("Everyone".into()),
+                        connections: 1,
+                        id: "a421f4a2".into(),
+                        name: Some("Sales, EMEA".into()),
+                    },
+                ],
                 browser: Some("Chrome 131".into()),
                 os: None,
                 virtual_proxy: None,
@@ -256,9 +325,18 @@ mod tests {
             "{out}"
         );
         assert!(
-            lines[1].contains("2026-11-21 09:39:30  1h 02m  2     1     Chrome 131  -"),
-            "{out}"
+            lines[1].contains(
+                "2026-11-21 09:39:30  1h 02m  2     3f2a1c9e, Sales, EMEA  Chrome 131  -"
+            ),
+            "app names, the id while the name is unknown: {out}"
         );
+        let csv = csv(&a);
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "sense-node1,LAB\\anna,LAB,anna,2026-11-21T09:39:30Z,2,\"3f2a1c9e; Sales, EMEA\",3f2a1c9e; a421f4a2,Chrome 131,",
+            "{csv}"
+        );
+        assert!(csv.starts_with("host,user,user_directory,user_id,started_at,"));
         assert_eq!(lines[2], "1 session, 1 user at 2026-11-21T10:42:00Z");
         let empty = SessionsAnswer {
             at: a.at,

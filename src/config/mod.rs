@@ -205,6 +205,9 @@ pub struct SessionsConfig {
     /// Most sessions plus connections tracked at once; beyond it the session
     /// idle the longest ends as evicted (and is counted).
     pub max_tracked: usize,
+    /// Qlik's parallel sessions per user (5 by default, across the site):
+    /// users at or over it are reported (the next login is refused).
+    pub per_user_limit: usize,
 }
 
 impl Default for SessionsConfig {
@@ -212,6 +215,7 @@ impl Default for SessionsConfig {
         Self {
             idle_timeout: HumanDuration::from_secs(30 * 60),
             max_tracked: 1_000_000,
+            per_user_limit: 5,
         }
     }
 }
@@ -251,6 +255,48 @@ pub struct QlikConfig {
     /// Timeout of one request to the proxy.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
+    /// Extended format: a sequence gap on a host reconciles its proxies
+    /// within seconds instead of at the next interval.
+    #[serde(default = "default_true")]
+    pub reconcile_on_gap: bool,
+    /// The repository service API (QRS), with the same certificates.
+    #[serde(default)]
+    pub repository: QrsConfig,
+    /// How often app names (and streams) are read from the QRS; `null`
+    /// switches app names off.
+    #[serde(default = "default_app_names")]
+    pub app_names_interval: Option<HumanDuration>,
+    /// Proxies and virtual proxies come from the QRS (as Ctrl-Q finds them);
+    /// `proxies` may then be empty.
+    #[serde(default)]
+    pub discover: bool,
+}
+
+/// `qlik.repository:` the QRS.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QrsConfig {
+    /// Host of the repository service; default: the first proxy's host.
+    pub host: Option<String>,
+    /// QRS API port.
+    pub port: u16,
+}
+
+impl Default for QrsConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 4242,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_app_names() -> Option<HumanDuration> {
+    Some(HumanDuration::from_secs(300))
 }
 
 fn default_reconcile() -> Option<HumanDuration> {

@@ -18,6 +18,12 @@ pub fn validate(c: &Config, problems: &mut Vec<Problem>) {
         100_000_000,
     );
     top.positive("sessions.idle_timeout", c.sessions.idle_timeout);
+    top.range(
+        "sessions.per_user_limit",
+        c.sessions.per_user_limit,
+        1,
+        1000,
+    );
     top.positive("retention", c.retention);
     for (i, e) in c.blacklist.iter().enumerate() {
         blacklist_entry(e, &mut top.nested(&format!("blacklist[{i}]")));
@@ -113,6 +119,33 @@ fn qlik(q: &QlikConfig, p: &mut Scope<'_>) {
         if proxy.port == 0 {
             at.add("port", "must not be 0");
         }
+    }
+    if q.repository.port == 0 {
+        p.nested("repository").add("port", "must not be 0");
+    }
+    if q.repository
+        .host
+        .as_deref()
+        .is_some_and(|h| h.trim().is_empty())
+    {
+        p.nested("repository").add(
+            "host",
+            "is empty: remove it (null) to use the first proxy's host",
+        );
+    }
+    if q.proxies.is_empty() && q.repository.host.is_none() {
+        let why = if q.discover {
+            "is required with discover: true when qlik.proxies is empty (the repository to discover the proxies from)"
+        } else {
+            "is required when qlik.proxies is empty (the repository to read app names from); or list the proxies"
+        };
+        p.nested("repository").add("host", why);
+    }
+    if q.app_names_interval.is_some_and(|d| d.get().is_zero()) {
+        p.add(
+            "app_names_interval",
+            "must be longer than 0s, or null to switch app names off",
+        );
     }
     if q.reconcile_interval.is_some_and(|d| d.get().is_zero()) {
         p.add(

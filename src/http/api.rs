@@ -54,9 +54,12 @@ pub fn bad_request(msg: &str) -> Response {
     ApiError::bad(msg).into_response()
 }
 
-type Params = Query<HashMap<String, String>>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
-fn time_param(p: &HashMap<String, String>, name: &str) -> Result<Option<Timestamp>, ApiError> {
+pub(super) fn time_param(
+    p: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<Timestamp>, ApiError> {
     p.get(name)
         .map(|v| {
             v.parse::<Timestamp>().map_err(|_| {
@@ -76,7 +79,7 @@ fn required_time(p: &HashMap<String, String>, name: &str) -> Result<Timestamp, A
     })
 }
 
-fn filter(p: &HashMap<String, String>) -> Result<Filter, ApiError> {
+pub(super) fn filter(p: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let user_key = match p.get("user") {
         None => None,
         Some(u) => {
@@ -94,7 +97,7 @@ fn filter(p: &HashMap<String, String>) -> Result<Filter, ApiError> {
     })
 }
 
-fn known(p: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+pub(super) fn known(p: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     for k in p.keys() {
         if !allowed.contains(&k.as_str()) && k != "access_token" {
             return Err(ApiError::bad(format!(
@@ -107,7 +110,7 @@ fn known(p: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> 
 }
 
 /// Asks the core to have the journal commit, then runs `f` on a read connection.
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -146,22 +149,9 @@ async fn read<T: Send + 'static>(
     .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-/// `GET /api/v1/sessions[?at=&host=&user=]`
-pub async fn sessions(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
-    known(&p, &["at", "host", "user"])?;
-    let at = time_param(&p, "at")?;
-    let f = filter(&p)?;
-    let answer = read(&s, move |c| match at {
-        Some(at) => query::sessions_at(c, at, &f),
-        None => query::sessions_now(c, &f),
-    })
-    .await?;
-    Ok(Json(answer).into_response())
-}
-
-/// `GET /api/v1/events?from=&to=[&user=&host=&limit=&after=]`
+/// `GET /api/v1/events?from=&to=[&user=&host=&app=&limit=&after=]`
 pub async fn events(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
-    known(&p, &["from", "to", "user", "host", "limit", "after"])?;
+    known(&p, &["from", "to", "user", "host", "app", "limit", "after"])?;
     let from = required_time(&p, "from")?;
     let to = required_time(&p, "to")?;
     if to < from {
@@ -189,6 +179,7 @@ pub async fn events(State(s): State<AppState>, Query(p): Params) -> Result<Respo
     let ef = EventFilter {
         host: f.host,
         user_key: f.user_key,
+        app_ids: p.get("app").map(|a| s.apps.ids_named(a)),
         after,
     };
     let mut events = read(&s, move |c| {
@@ -201,15 +192,16 @@ pub async fn events(State(s): State<AppState>, Query(p): Params) -> Result<Respo
     } else {
         None
     };
+    super::inventory::name_events(&mut events, &s.apps);
     Ok(Json(json!({"events": events, "next": next})).into_response())
 }
 
-/// `GET /api/v1/concurrency?from=&to=&step=[&host=]`
+/// `GET /api/v1/concurrency?from=&to=&step=[&host=&app=]`
 pub async fn concurrency(
     State(s): State<AppState>,
     Query(p): Params,
 ) -> Result<Response, ApiError> {
-    known(&p, &["from", "to", "step", "host"])?;
+    known(&p, &["from", "to", "step", "host", "app"])?;
     let from = required_time(&p, "from")?;
     let to = required_time(&p, "to")?;
     if to < from {
@@ -236,8 +228,18 @@ pub async fn concurrency(
     if f.user_key.is_some() {
         return Err(ApiError::bad("user: not a filter of /api/v1/concurrency"));
     }
-    let answer = read(&s, move |c| {
-        query::concurrency(c, from, to, step.get(), step_text, &f)
+    let app_ids = p.get("app").map(|a| s.apps.ids_named(a));
+    let answer = read(&s, move |c| match &app_ids {
+        Some(ids) => crate::sessions::inventory::app_concurrency(
+            c,
+            from,
+            to,
+            step.get(),
+            step_text,
+            f.host.as_deref(),
+            ids,
+        ),
+        None => query::concurrency(c, from, to, step.get(), step_text, &f),
     })
     .await?;
     Ok(Json(answer).into_response())

@@ -1,6 +1,7 @@
 //! The HTTP server: the JSON API, `/metrics`, `/healthz`, `/readyz`.
 
 pub mod api;
+pub mod inventory;
 pub mod server;
 pub mod stream;
 
@@ -71,6 +72,10 @@ pub struct AppState {
     pub stop: tokio_util::sync::CancellationToken,
     /// Limits open streams to [`stream::MAX_STREAMS`].
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// App names from the Qlik repository.
+    pub apps: Arc<crate::apps::Apps>,
+    /// `sessions.per_user_limit` (follows config reloads).
+    pub per_user_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Limits on a request (`http.request_timeout`, `http.max_body_bytes`).
@@ -86,7 +91,9 @@ pub struct RequestLimits {
 pub fn router(state: AppState, limits: RequestLimits) -> Router {
     let token = || axum::middleware::from_fn_with_state(state.clone(), api::require_token);
     let api = Router::new()
-        .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/sessions", get(inventory::sessions_route))
+        .route("/api/v1/apps", get(inventory::apps))
+        .route("/api/v1/limits", get(inventory::limits))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/concurrency", get(api::concurrency))
         .route_layer(token());

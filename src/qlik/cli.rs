@@ -106,6 +106,7 @@ pub fn list(
             .map_err(std::io::Error::other)
             .and_then(|()| writeln!(out)),
         Format::Table => write_table(out, &sessions),
+        Format::Csv => write_csv(out, &sessions),
     };
     written.map_err(|e| Failure::Runtime(format!("cannot write the list: {e}")))?;
     if errors.is_empty() {
@@ -131,6 +132,26 @@ fn sort_sessions(s: &mut [ProxySession], sort: Sort) {
         }
     };
     s.sort_by_key(key);
+}
+
+fn write_csv(out: &mut dyn Write, sessions: &[ProxySession]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "host,virtual_proxy,user_directory,user_id,user_name,session_id"
+    )?;
+    for s in sessions {
+        let cells = [
+            s.host.as_str(),
+            s.virtual_proxy.as_str(),
+            s.user_directory.as_str(),
+            s.user_id.as_str(),
+            s.user_name.as_deref().unwrap_or_default(),
+            s.session_id.as_str(),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| crate::who::csv_field(c)).collect();
+        writeln!(out, "{}", line.join(","))?;
+    }
+    Ok(())
 }
 
 fn write_table(out: &mut dyn Write, sessions: &[ProxySession]) -> std::io::Result<()> {

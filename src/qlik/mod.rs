@@ -7,7 +7,9 @@
 //! `X-Qlik-Xrfkey` header). Errors name the proxy, the virtual proxy and
 //! what went wrong, in words an administrator can act on.
 
+pub mod apps;
 pub mod cli;
+pub mod qrs;
 pub mod reconcile;
 
 use std::time::Duration;
@@ -96,37 +98,66 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
     })
 }
 
+/// An HTTPS client with the QMC certificates of `c`, for the proxy and the
+/// repository APIs alike.
+pub(crate) fn https_client(c: &QlikConfig) -> Result<reqwest::Client, String> {
+    let certs = &c.certificates;
+    let root = read(&certs.root, "root")?;
+    let mut identity = read(&certs.client, "client")?;
+    identity.push(b'\n');
+    identity.extend(read(&certs.client_key, "client_key")?);
+    let roots = reqwest::Certificate::from_pem_bundle(&root).map_err(|e| {
+        format!(
+            "qlik.certificates.root: {} is not a PEM certificate: {e}",
+            certs.root.display()
+        )
+    })?;
+    let identity = reqwest::Identity::from_pem(&identity).map_err(|e| {
+        format!(
+            "qlik.certificates.client / client_key: {} and {} are not a PEM certificate and its private key: {e}",
+            certs.client.display(),
+            certs.client_key.display()
+        )
+    })?;
+    let timeout = c.request_timeout.get();
+    reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .identity(identity)
+        .tls_danger_accept_invalid_hostnames(c.accept_invalid_hostnames)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| format!("qlik: cannot set up the HTTPS client: {}", chain(&e)))
+}
+
+/// A request error in words an administrator can act on.
+pub(crate) fn explain(what: &str, e: &reqwest::Error, timeout: Duration) -> String {
+    let detail = chain(e);
+    if e.is_timeout() {
+        format!(
+            "{what}: timed out after {timeout:?} (qlik.request_timeout); is the API port reachable?"
+        )
+    } else if detail.to_ascii_lowercase().contains("certificate")
+        || detail.contains("HandshakeFailure")
+        || detail.contains("alert")
+    {
+        format!(
+            "{what}: the TLS handshake failed, the certificate was refused ({detail}); check qlik.certificates (exported from this site's QMC) and qlik.accept_invalid_hostnames"
+        )
+    } else if e.is_connect() {
+        format!("{what}: cannot connect ({detail}); is the API port open?")
+    } else {
+        format!("{what}: {detail}")
+    }
+}
+
 impl Qps {
     /// A client with the QMC certificates of `c`.
     pub fn new(c: &QlikConfig) -> Result<Self, String> {
-        let certs = &c.certificates;
-        let root = read(&certs.root, "root")?;
-        let mut identity = read(&certs.client, "client")?;
-        identity.push(b'\n');
-        identity.extend(read(&certs.client_key, "client_key")?);
-        let roots = reqwest::Certificate::from_pem_bundle(&root).map_err(|e| {
-            format!(
-                "qlik.certificates.root: {} is not a PEM certificate: {e}",
-                certs.root.display()
-            )
-        })?;
-        let identity = reqwest::Identity::from_pem(&identity).map_err(|e| {
-            format!(
-                "qlik.certificates.client / client_key: {} and {} are not a PEM certificate and its private key: {e}",
-                certs.client.display(),
-                certs.client_key.display()
-            )
-        })?;
-        let timeout = c.request_timeout.get();
-        let client = reqwest::Client::builder()
-            .tls_certs_only(roots)
-            .identity(identity)
-            .tls_danger_accept_invalid_hostnames(c.accept_invalid_hostnames)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| format!("qlik: cannot set up the HTTPS client: {}", chain(&e)))?;
-        Ok(Self { client, timeout })
+        Ok(Self {
+            client: https_client(c)?,
+            timeout: c.request_timeout.get(),
+        })
     }
 
     fn url(proxy: &QlikProxy, virtual_proxy: &str, path: &str) -> String {
@@ -174,24 +205,7 @@ impl Qps {
     }
 
     fn explain(&self, what: &str, e: &reqwest::Error) -> String {
-        let detail = chain(e);
-        if e.is_timeout() {
-            format!(
-                "{what}: timed out after {:?} (qlik.request_timeout); is the proxy API port reachable?",
-                self.timeout
-            )
-        } else if detail.to_ascii_lowercase().contains("certificate")
-            || detail.contains("HandshakeFailure")
-            || detail.contains("alert")
-        {
-            format!(
-                "{what}: the TLS handshake failed, the certificate was refused ({detail}); check qlik.certificates (exported from this site's QMC) and qlik.accept_invalid_hostnames"
-            )
-        } else if e.is_connect() {
-            format!("{what}: cannot connect ({detail}); is the proxy API port open?")
-        } else {
-            format!("{what}: {detail}")
-        }
+        explain(what, e, self.timeout)
     }
 
     /// The sessions of one virtual proxy of `proxy`.
@@ -257,7 +271,7 @@ impl Qps {
 }
 
 /// Percent-encodes one path segment.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -284,7 +298,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn snippet(body: &str) -> String {
+pub(crate) fn snippet(body: &str) -> String {
     let one_line: String = body
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

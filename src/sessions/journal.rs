@@ -115,6 +115,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN reconciled INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN virtual_proxy TEXT;
     ",
+    // 3: app names and streams from the Qlik repository (src/apps.rs).
+    "
+    CREATE TABLE apps (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        stream TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Seconds since the epoch, the R*Tree's coordinate.
@@ -752,6 +761,9 @@ pub struct StoredEvent {
     pub context: String,
     /// App GUID, when the context had one.
     pub app_id: Option<String>,
+    /// The app's name from the Qlik repository, filled in when an answer is
+    /// made (the journal keeps ids; names live in the app catalogue).
+    pub app_name: Option<String>,
     /// Browser and major version, e.g. `Chrome 131`.
     pub browser: Option<String>,
     /// OS and version, e.g. `Windows 10`.
@@ -831,6 +843,7 @@ fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         origin: r.get(7)?,
         context: r.get(8)?,
         app_id: r.get(9)?,
+        app_name: None,
         message: r.get(10)?,
         browser: join_name(browser.clone(), browser_major.clone()),
         os: join_name(os.clone(), os_version.clone()),
@@ -866,6 +879,8 @@ pub struct EventFilter {
     pub host: Option<String>,
     /// Only this user (a lower-cased `dir\id` key).
     pub user_key: Option<String>,
+    /// Only events naming one of these apps (lower-cased ids).
+    pub app_ids: Option<Vec<String>>,
     /// Only events after this sequence number (paging).
     pub after: Option<u64>,
 }
@@ -884,6 +899,7 @@ pub fn events_between(
            AND (?3 IS NULL OR host = ?3)
            AND (?4 IS NULL OR user_key = ?4)
            AND seq > ?5
+           AND (?7 IS NULL OR lower(app_id) IN (SELECT value FROM json_each(?7)))
          ORDER BY seq LIMIT ?6"
     ))?;
     let rows = stmt.query_map(
@@ -893,7 +909,11 @@ pub fn events_between(
             filter.host,
             filter.user_key,
             filter.after.unwrap_or(0) as i64,
-            limit as i64
+            limit as i64,
+            filter
+                .app_ids
+                .as_ref()
+                .map(|ids| serde_json::to_string(ids).unwrap_or_default()),
         ],
         stored_event,
     )?;

@@ -389,6 +389,17 @@ impl LiveState {
         self.hosts.get(host)
     }
 
+    /// Users whose sessions across every host are `limit` or more.
+    pub fn users_at_limit(&self, limit: usize) -> usize {
+        let mut per_user: foldhash::HashMap<&str, usize> = Default::default();
+        for (_, h) in self.hosts() {
+            for (key, u) in &h.users {
+                *per_user.entry(key.as_str()).or_default() += u.sessions.len();
+            }
+        }
+        per_user.values().filter(|n| **n >= limit.max(1)).count()
+    }
+
     /// Every host seen so far, with its state.
     pub fn hosts(&self) -> impl Iterator<Item = (&String, &HostState)> {
         self.hosts.iter()

@@ -6,6 +6,7 @@
 //! lock-free on the hot path; readers (the HTTP API) will get snapshots.
 
 pub mod feed;
+pub mod inventory;
 pub mod journal;
 pub mod live;
 pub mod query;
@@ -52,6 +53,9 @@ pub struct CoreSettings {
     pub idle_timeout: Duration,
     /// Most sessions plus connections tracked; beyond, the longest idle are evicted.
     pub max_tracked: usize,
+    /// Qlik's parallel sessions per user: users at or over it are counted in
+    /// `qliksense_users_at_session_limit`.
+    pub per_user_limit: usize,
 }
 
 /// What the core's thread receives.
@@ -97,6 +101,8 @@ pub struct Core {
     /// [`MAX_HOSTS`], lower in tests.
     max_hosts: usize,
     host_log: crate::ratelog::RateLog,
+    /// Sessions started or ended since the session-limit gauge was counted.
+    limit_dirty: bool,
 }
 
 impl Core {
@@ -116,6 +122,7 @@ impl Core {
             evict_log: crate::ratelog::RateLog::new(EVICT_LOG_EVERY),
             max_hosts: MAX_HOSTS,
             host_log: crate::ratelog::RateLog::new(EVICT_LOG_EVERY),
+            limit_dirty: true,
         }
     }
 
@@ -186,6 +193,9 @@ impl Core {
                 .with_label_values(&[ev.command.label()])
                 .inc();
         }
+        // Any event can start (an implied session) or end one: recounted on
+        // the next tick, once per second at most.
+        self.limit_dirty = true;
         let counts = self.state.counts(&ev.host);
         let hm = self.host_metrics(&ev.host);
         hm.count_event(ev.command);
@@ -231,6 +241,7 @@ impl Core {
 
     /// Corrects the state against a proxy's own session list.
     pub fn reconcile(&mut self, r: &Reconciliation) -> live::Corrections {
+        self.limit_dirty = true;
         let hosts: Vec<String> = self
             .state
             .hosts()
@@ -284,6 +295,11 @@ impl Core {
             for host in self.dirty.drain() {
                 feed.update(&host, feed::host_snapshot(&self.state, &host), now);
             }
+        }
+        if self.limit_dirty || !outcome.ended.is_empty() {
+            self.limit_dirty = false;
+            let at = self.state.users_at_limit(self.settings.per_user_limit);
+            self.metrics.users_at_limit.set(at as i64);
         }
     }
 
@@ -426,6 +442,7 @@ mod tests {
     fn core(entries: &[BlacklistEntry]) -> (Core, Arc<Metrics>) {
         let metrics = Metrics::new(&[]);
         let settings = CoreSettings {
+            per_user_limit: 5,
             blacklist: Blacklist::new(entries).unwrap(),
             idle_timeout: Duration::from_secs(60),
             max_tracked: 1_000_000,
@@ -481,6 +498,7 @@ mod tests {
     fn the_cap_evicts_and_counts_and_the_gauges_follow() {
         let (mut c, m) = core(&[]);
         c.settings = Arc::new(CoreSettings {
+            per_user_limit: 5,
             blacklist: Blacklist::new(&[]).unwrap(),
             idle_timeout: Duration::from_secs(60),
             max_tracked: 100,

@@ -20,8 +20,14 @@ use super::journal::{from_nanos, join_name, nanos, span_secs};
 pub struct AppView {
     /// App GUID.
     pub id: String,
-    /// App name; null until an app-name source exists.
+    /// App name from the Qlik repository; null while unknown.
     pub name: Option<String>,
+    /// Its stream; null while unknown or unpublished.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Open connections of the session to it (for `/api/v1/apps`).
+    #[serde(skip)]
+    pub connections: usize,
 }
 
 /// One session in an answer.
@@ -148,7 +154,7 @@ fn sessions_query(
         key: String,
         psid: Option<String>,
         view: SessionView,
-        app_ids: Vec<String>,
+        app_ids: Vec<(String, usize)>,
     }
     let mut rows: Vec<Row> = stmt
         .query_map(params![t, t, f.host, secs, secs, f.user_key], |r| {
@@ -211,10 +217,11 @@ fn sessions_query(
             .unwrap_or(&idx[0]);
         let row = &mut rows[*target];
         row.view.connections += 1;
-        if let Some(a) = app_id
-            && !row.app_ids.contains(&a)
-        {
-            row.app_ids.push(a);
+        if let Some(a) = app_id {
+            match row.app_ids.iter_mut().find(|(id, _)| *id == a) {
+                Some((_, n)) => *n += 1,
+                None => row.app_ids.push((a, 1)),
+            }
         }
     }
     let users = by_user
@@ -228,7 +235,12 @@ fn sessions_query(
             r.view.apps = r
                 .app_ids
                 .into_iter()
-                .map(|id| AppView { id, name: None })
+                .map(|(id, connections)| AppView {
+                    id,
+                    name: None,
+                    stream: None,
+                    connections,
+                })
                 .collect();
             r.view
         })

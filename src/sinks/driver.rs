@@ -95,10 +95,11 @@ impl Report {
     }
 
     fn refused(&self, r: Option<&Refused>) {
+        // The status first: whoever sees the counter move sees the status.
+        self.status.wrote(r.map(|r| r.reason.as_str()));
         if let Some(r) = r {
             self.refused.inc_by(r.points);
         }
-        self.status.wrote(r.map(|r| r.reason.as_str()));
     }
 
     async fn refresh_backlog(&self, journal: &Journal) {

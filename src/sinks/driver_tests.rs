@@ -200,7 +200,9 @@ async fn everything_is_delivered_once_in_order_and_confirmed() {
     let r = rig(35, 1, Mode::Accept);
     r.until("all confirmed", |r| r.cursor() == 35).await;
     assert_eq!(r.shared.lock().unwrap().seen, (1..=35).collect::<Vec<_>>());
-    assert_eq!(r.counter(&r.metrics.sink_written), 35);
+    // The counter follows the cursor.
+    r.until("written", |r| r.counter(&r.metrics.sink_written) == 35)
+        .await;
     r.until("backlog 0", |r| {
         r.metrics.sink_backlog.with_label_values(&["test"]).get() == 0
     })
@@ -225,6 +227,8 @@ async fn a_failing_sink_is_retried_and_loses_nothing() {
     );
     r.set(Mode::Accept);
     r.until("caught up", |r| r.cursor() == 25).await;
+    r.until("written", |r| r.counter(&r.metrics.sink_written) == 25)
+        .await;
     let seen = r.shared.lock().unwrap().seen.clone();
     let mut once = seen.clone();
     once.dedup();
@@ -240,7 +244,8 @@ async fn a_failing_sink_is_retried_and_loses_nothing() {
 async fn refused_points_are_counted_shown_and_passed() {
     let r = rig(20, 1, Mode::Refuse(1));
     r.until("passed", |r| r.cursor() == 20).await;
-    assert_eq!(r.counter(&r.metrics.sink_refused), 2, "one per batch of 10");
+    r.until("counted", |r| r.counter(&r.metrics.sink_refused) == 2)
+        .await;
     assert_eq!(r.counter(&r.metrics.sink_written), 18);
     assert_eq!(r.state(), "degraded");
     r.set(Mode::Accept);
@@ -277,6 +282,8 @@ async fn pipelined_batches_are_confirmed_in_order_within_the_pipeline() {
     r.until("two more", |r| r.cursor() == 30).await;
     r.settle.send(2).unwrap();
     r.until("all", |r| r.cursor() == 50).await;
+    r.until("written", |r| r.counter(&r.metrics.sink_written) == 50)
+        .await;
     assert_eq!(r.shared.lock().unwrap().most_outstanding, 3);
     assert_eq!(r.counter(&r.metrics.sink_written), 50);
     r.stop().await;

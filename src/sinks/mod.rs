@@ -156,6 +156,8 @@ pub struct Env {
     pub tags: BTreeMap<String, String>,
     /// The live state's per-host summary (MQTT's retained state topic).
     pub live: Option<Arc<crate::sessions::feed::Feed>>,
+    /// App names, looked up when a point is made.
+    pub apps: Arc<crate::apps::Apps>,
 }
 
 impl Env {
@@ -166,6 +168,16 @@ impl Env {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
+}
+
+/// What a sink writes as an event's app name: the name the repository gave,
+/// or Butler SOS's `<unknown app name>`; `None` when the event names no app.
+pub fn app_name(apps: &crate::apps::Apps, ev: &StoredEvent) -> Option<String> {
+    let id = ev.app_id.as_deref()?;
+    Some(
+        apps.name(id)
+            .unwrap_or_else(|| influxdb::schema::UNKNOWN_APP_NAME.to_owned()),
+    )
 }
 
 /// `d` plus up to a quarter more, so that many whosins (or a restart of one)

@@ -119,6 +119,7 @@ impl<C: SinkConfig> Plugin for Typed<C> {
         let env = Env {
             tags: tags.clone(),
             live: ctx.live.clone(),
+            apps: ctx.apps.clone(),
         };
         start_instances(c, &env, ctx)
     }

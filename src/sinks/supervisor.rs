@@ -37,6 +37,8 @@ pub struct Context {
     pub statuses: Arc<Statuses>,
     /// The live state's per-host summary, for MQTT's retained state topic.
     pub live: Option<Arc<crate::sessions::feed::Feed>>,
+    /// App names.
+    pub apps: Arc<crate::apps::Apps>,
 }
 
 /// One running sink task.
@@ -86,6 +88,7 @@ fn env(s: &SinkSettings, ctx: &Context) -> Env {
     Env {
         tags: s.tags.clone(),
         live: ctx.live.clone(),
+        apps: ctx.apps.clone(),
     }
 }
 

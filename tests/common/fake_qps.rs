@@ -1,6 +1,9 @@
-//! An in-process FAKE of the Qlik Sense proxy service (QPS) API, for tests.
+//! An in-process FAKE of the Qlik Sense proxy service (QPS) API and of the
+//! repository service (QRS) app and proxy lists, for tests.
 //!
-//! It is not Qlik: it serves only the session endpoints whosin uses, over
+//! It is not Qlik: it serves only the session endpoints whosin uses, and
+//! `/qrs/app/full` and `/qrs/proxyservice/full` (which, like the real QRS,
+//! also require `X-Qlik-User: UserDirectory=INTERNAL; UserId=sa_repository`), over
 //! HTTPS with a required client certificate, and checks the Xrfkey the way
 //! the real service does. Certificates are made at start-up in a temporary
 //! directory laid out like a QMC export (`client.pem`, `client_key.pem` as an
@@ -83,6 +86,14 @@ struct Inner {
     proxies: BTreeMap<String, Vec<FakeSession>>,
     /// (method, path without query, Xrfkey query value or "").
     requests: Vec<(String, String, String)>,
+    /// The repository's apps, as `/qrs/app/full` lists them.
+    apps: Vec<Value>,
+    /// The repository's proxy services, as `/qrs/proxyservice/full` lists them.
+    proxy_services: Vec<Value>,
+    /// While set, the QRS endpoints answer 503.
+    qrs_down: bool,
+    /// The `X-Qlik-User` header of every QRS request.
+    qrs_users: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -123,6 +134,10 @@ impl FakeQps {
             mode: Mode::Normal,
             proxies: BTreeMap::from([(String::new(), Vec::new())]),
             requests: Vec::new(),
+            apps: Vec::new(),
+            proxy_services: Vec::new(),
+            qrs_down: false,
+            qrs_users: Vec::new(),
         }));
         let failures = Arc::new(AtomicUsize::new(0));
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -214,6 +229,36 @@ impl FakeQps {
         lock(&self.shared).mode = mode;
     }
 
+    /// Sets the repository's apps: (id, name, stream), as `/qrs/app/full`
+    /// lists them (with more fields, as the real one does).
+    pub fn set_apps(&self, apps: &[(&str, &str, Option<&str>)]) {
+        lock(&self.shared).apps = apps
+            .iter()
+            .map(|(id, name, stream)| {
+                json!({
+                    "id": id, "name": name, "published": stream.is_some(),
+                    "stream": stream.map(|s| json!({"id": "00000000-0000-0000-0000-000000000001", "name": s})),
+                    "owner": {"userDirectory": "LAB", "userId": "admin"}, "tags": [],
+                })
+            })
+            .collect();
+    }
+
+    /// Sets the proxy services `/qrs/proxyservice/full` lists (raw JSON).
+    pub fn set_proxy_services(&self, services: Vec<Value>) {
+        lock(&self.shared).proxy_services = services;
+    }
+
+    /// A repository outage (503) while `down`.
+    pub fn set_qrs_down(&self, down: bool) {
+        lock(&self.shared).qrs_down = down;
+    }
+
+    /// The `X-Qlik-User` header of every QRS request so far.
+    pub fn qrs_users(&self) -> Vec<String> {
+        lock(&self.shared).qrs_users.clone()
+    }
+
     /// Every request that got through TLS: (method, path without query, Xrfkey
     /// query value or "").
     pub fn requests(&self) -> Vec<(String, String, String)> {
@@ -247,6 +292,8 @@ fn router(shared: Shared) -> Router {
         .route("/qps/{prefix}/session/{id}", delete(delete_session))
         .route("/qps/user/{dir}/{id}", delete(delete_user_default))
         .route("/qps/{prefix}/user/{dir}/{id}", delete(delete_user))
+        .route("/qrs/app/full", get(qrs_apps))
+        .route("/qrs/proxyservice/full", get(qrs_proxies))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint in the fake QPS") })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
@@ -295,6 +342,37 @@ async fn guard(State(shared): State<Shared>, req: Request, next: Next) -> Respon
         return (StatusCode::BAD_REQUEST, "Xrfkey mismatch").into_response();
     }
     next.run(req).await
+}
+
+/// The QRS's own check: the user the request acts for.
+fn qrs_guard(shared: &Shared, req_user: Option<&str>) -> Option<Response> {
+    let mut inner = lock(shared);
+    inner
+        .qrs_users
+        .push(req_user.unwrap_or_default().to_owned());
+    if inner.qrs_down {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response());
+    }
+    if req_user != Some("UserDirectory=INTERNAL; UserId=sa_repository") {
+        return Some((StatusCode::FORBIDDEN, "Forbidden: no such user").into_response());
+    }
+    None
+}
+
+async fn qrs_apps(State(shared): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let user = headers.get("x-qlik-user").and_then(|h| h.to_str().ok());
+    if let Some(r) = qrs_guard(&shared, user) {
+        return r;
+    }
+    axum::Json(Value::Array(lock(&shared).apps.clone())).into_response()
+}
+
+async fn qrs_proxies(State(shared): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let user = headers.get("x-qlik-user").and_then(|h| h.to_str().ok());
+    if let Some(r) = qrs_guard(&shared, user) {
+        return r;
+    }
+    axum::Json(Value::Array(lock(&shared).proxy_services.clone())).into_response()
 }
 
 fn no_proxy(prefix: &str) -> Response {

@@ -11,6 +11,7 @@ pub mod fake_influx3;
 pub mod fake_new_relic;
 pub mod fake_qps;
 pub mod influx;
+pub mod mosquitto;
 
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -209,6 +210,21 @@ impl Daemon {
             }
             if Instant::now() > until {
                 panic!("{sample} never became {value}; last:\n{}", m.0);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `/metrics` until `sample` is at least `value`.
+    pub fn wait_metric_at_least(&self, sample: &str, value: f64) -> Metrics {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let m = self.metrics();
+            if m.get(sample).is_some_and(|v| v >= value) {
+                return m;
+            }
+            if Instant::now() > until {
+                panic!("{sample} never reached {value}; last:\n{}", m.0);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

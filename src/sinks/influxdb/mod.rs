@@ -24,6 +24,7 @@ pub struct InfluxSink {
     writer: http::Writer,
     version: Version,
     tags: Vec<(String, String)>,
+    apps: std::sync::Arc<crate::apps::Apps>,
     batch_size: usize,
     flush_interval: Duration,
     /// Whether the summaries' cursor has been set up.
@@ -41,6 +42,7 @@ impl InfluxSink {
         Ok(Self {
             version: Version::of(config.version),
             tags: env.tag_pairs(),
+            apps: env.apps.clone(),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval.get(),
             writer: http::Writer::new(config)?,
@@ -93,7 +95,8 @@ impl Sink for InfluxSink {
             .iter()
             .map(|ev| {
                 let mut l = String::with_capacity(400);
-                user_event(&mut l, ev, self.version, &tags);
+                let app = crate::sinks::app_name(&self.apps, ev);
+                user_event(&mut l, ev, self.version, &tags, app.as_deref());
                 l
             })
             .collect();

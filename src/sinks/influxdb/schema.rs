@@ -79,9 +79,13 @@ pub fn user_event(
     ev: &StoredEvent,
     version: Version,
     extra_tags: &[(&str, &str)],
+    app_name: Option<&str>,
 ) {
     let ua = ev.detail.bowser();
-    let app_name = ev.app_id.as_ref().map(|_| UNKNOWN_APP_NAME);
+    let app_name = ev
+        .app_id
+        .as_ref()
+        .map(|_| app_name.unwrap_or(UNKNOWN_APP_NAME));
     let mut tags: Vec<(&str, &str)> = vec![
         ("host", &ev.host),
         ("event_action", event_action(&ev.event)),
@@ -256,6 +260,7 @@ mod tests {
             origin: origin.into(),
             context: "/app/x".into(),
             app_id: app.map(Into::into),
+            app_name: None,
             browser: Some("Chrome 131".into()),
             os: Some("Windows 10".into()),
             message: "m".into(),
@@ -369,6 +374,7 @@ mod tests {
                 &event("AppAccess", Some(app), 7),
                 version,
                 &[("qs_env", "prod"), ("host", "ignored")],
+                None,
             );
             assert!(out.starts_with("user_events,"), "{out}");
             let (tags, fields, _) = parse(&out);
@@ -447,7 +453,7 @@ mod tests {
     #[test]
     fn empty_origin_and_unknown_app_are_left_out() {
         let mut out = String::new();
-        user_event(&mut out, &event("", None, 1), Version::V1, &[]);
+        user_event(&mut out, &event("", None, 1), Version::V1, &[], None);
         let (tags, fields, _) = parse(&out);
         assert!(!tags.iter().any(|(k, _)| k == "origin" || k == "appId"));
         assert_eq!(fields.len(), 2);

@@ -90,6 +90,7 @@ pub struct MqttSink {
     tags: BTreeMap<String, String>,
     qos: QoS,
     feed: Option<Arc<Feed>>,
+    apps: Arc<crate::apps::Apps>,
     conn: Option<Connection>,
     /// The url for messages, never with a password.
     shown: String,
@@ -104,6 +105,7 @@ impl MqttSink {
             qos: qos(config.qos),
             tags: env.tags.clone(),
             feed: env.live.clone(),
+            apps: env.apps.clone(),
             conn: None,
             shown,
             config,
@@ -237,7 +239,8 @@ impl Sink for MqttSink {
         let conn = self.conn.as_mut().expect("connected");
         let id = conn.flight.open();
         for ev in batch.iter() {
-            let body = payload(ev, &self.tags);
+            let app = crate::sinks::app_name(&self.apps, ev);
+            let body = payload(ev, &self.tags, app.as_deref());
             for topic in topics(ev, topics_cfg) {
                 // The channel holds PIPELINE batches: never full.
                 conn.client

@@ -50,7 +50,11 @@ pub fn micros(t: jiff::Timestamp) -> String {
 }
 
 /// The JSON payload of `ev`. The same event always gives the same bytes.
-pub fn payload(ev: &StoredEvent, tags: &BTreeMap<String, String>) -> String {
+pub fn payload(
+    ev: &StoredEvent,
+    tags: &BTreeMap<String, String>,
+    app_name: Option<&str>,
+) -> String {
     let d = &ev.detail;
     let ua = d.bowser();
     serde_json::to_string(&Payload {
@@ -64,7 +68,10 @@ pub fn payload(ev: &StoredEvent, tags: &BTreeMap<String, String>) -> String {
         message: &ev.message,
         tags,
         app_id: ev.app_id.as_deref(),
-        app_name: ev.app_id.as_ref().map(|_| UNKNOWN_APP_NAME),
+        app_name: ev
+            .app_id
+            .as_ref()
+            .map(|_| app_name.unwrap_or(UNKNOWN_APP_NAME)),
         ua_browser_name: ua.browser_name.as_deref(),
         ua_browser_major_version: ua.browser_major.as_deref(),
         ua_os_name: ua.os_name.as_deref(),
@@ -138,6 +145,7 @@ mod tests {
             origin: "AppAccess".into(),
             context: "/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c".into(),
             app_id: Some("3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c".into()),
+            app_name: None,
             browser: Some("Chrome 131".into()),
             os: Some("Windows 10".into()),
             message: "Open connection \"quote\"".into(),
@@ -156,13 +164,13 @@ mod tests {
     #[test]
     fn the_payload_is_butler_sos_s_plus_user_full_seq_and_timestamp() {
         let tags = BTreeMap::from([("qs_env".to_owned(), "prod".to_owned())]);
-        let body = payload(&event(), &tags);
+        let body = payload(&event(), &tags, None);
         assert_eq!(
             body,
             r#"{"messageType":"qseow-proxy-connection","host":"sense-node1","command":"Open connection","userDir":"LAB","userId":"anna","origin":"AppAccess","context":"/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c","message":"Open connection \"quote\"","tags":{"qs_env":"prod"},"appId":"3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c","appName":"<unknown app name>","uaBrowserName":"Chrome","uaBrowserMajorVersion":"131","uaOsName":"Windows","uaOsVersion":"NT 10.0","userFull":"LAB\\anna","seq":42,"timestamp":"2026-11-21T10:42:00.123456Z"}"#
         );
         // The same event gives the same bytes (a redelivery is identical).
-        assert_eq!(body, payload(&event(), &tags));
+        assert_eq!(body, payload(&event(), &tags, None));
     }
 
     #[test]
@@ -174,7 +182,8 @@ mod tests {
             ..Default::default()
         };
         ev.time = "2026-11-21T10:42:00Z".parse().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&payload(&ev, &BTreeMap::new())).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&payload(&ev, &BTreeMap::new(), None)).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         for absent in ["appId", "appName", "uaBrowserName", "uaOsName"] {
             assert!(!keys.contains(&absent), "{absent} in {v}");

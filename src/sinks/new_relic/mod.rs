@@ -30,6 +30,7 @@ pub struct NewRelicSink {
     id: String,
     scramble: bool,
     tags: BTreeMap<String, String>,
+    apps: std::sync::Arc<crate::apps::Apps>,
     batch_size: usize,
     flush_interval: Duration,
 }
@@ -57,6 +58,7 @@ impl NewRelicSink {
             id,
             scramble: c.scramble,
             tags: env.tags.clone(),
+            apps: env.apps.clone(),
             batch_size: c.batch_size,
             flush_interval: c.flush_interval.get(),
         })
@@ -123,7 +125,10 @@ impl Sink for NewRelicSink {
     async fn deliver(&mut self, batch: Batch) -> Result<Delivered, SinkError> {
         let events: Vec<String> = batch
             .iter()
-            .map(|ev| payload::event(ev, &self.tags, self.scramble))
+            .map(|ev| {
+                let app = crate::sinks::app_name(&self.apps, ev);
+                payload::event(ev, &self.tags, self.scramble, app.as_deref())
+            })
             .collect();
         Ok(Delivered::Done(deliver_split(self, &events).await?))
     }

@@ -19,7 +19,12 @@ pub fn scramble(s: &str) -> String {
 }
 
 /// The JSON of one event. The same event always gives the same bytes.
-pub fn event(ev: &StoredEvent, tags: &BTreeMap<String, String>, scrambled: bool) -> String {
+pub fn event(
+    ev: &StoredEvent,
+    tags: &BTreeMap<String, String>,
+    scrambled: bool,
+    app_name: Option<&str>,
+) -> String {
     let mut m = Map::new();
     let ms = ev.time.as_millisecond();
     m.insert("timestamp".into(), ms.into());
@@ -42,7 +47,12 @@ pub fn event(ev: &StoredEvent, tags: &BTreeMap<String, String>, scrambled: bool)
     let ua = ev.detail.bowser();
     let optional = [
         ("qs_appId", ev.app_id.as_deref()),
-        ("qs_appName", ev.app_id.as_ref().map(|_| UNKNOWN_APP_NAME)),
+        (
+            "qs_appName",
+            ev.app_id
+                .as_ref()
+                .map(|_| app_name.unwrap_or(UNKNOWN_APP_NAME)),
+        ),
         ("qs_uaBrowserName", ua.browser_name.as_deref()),
         ("qs_uaBrowserMajorVersion", ua.browser_major.as_deref()),
         ("qs_uaOsName", ua.os_name.as_deref()),
@@ -90,6 +100,7 @@ mod tests {
             origin: "AppAccess".into(),
             context: "/app/a421f4a2-c311-4ef4-ba41-fe2e6a2b0d69".into(),
             app_id: Some("a421f4a2-c311-4ef4-ba41-fe2e6a2b0d69".into()),
+            app_name: None,
             browser: None,
             os: None,
             message: "m".into(),
@@ -102,10 +113,10 @@ mod tests {
             },
         };
         let tags = BTreeMap::from([("qs_env".to_owned(), "dev".to_owned())]);
-        let v: Value = serde_json::from_str(&event(&ev, &tags, true)).unwrap();
+        let v: Value = serde_json::from_str(&event(&ev, &tags, true, None)).unwrap();
         let want = serde_json::json!({"timestamp":1_795_257_720_123_i64,"qs_host":"pro2-win1","qs_event_action":"Open connection","qs_userFull":"ab4d299d22eb1b8e","qs_userDirectory":"e917621682605938","qs_userId":"76b784e6533bb670","qs_origin":"AppAccess","qs_appId":"a421f4a2-c311-4ef4-ba41-fe2e6a2b0d69","qs_appName":"<unknown app name>","qs_uaBrowserName":"Chrome","qs_uaBrowserMajorVersion":"124","qs_uaOsName":"Windows","qs_uaOsVersion":"NT 10.0","qs_env":"dev","qs_seq":9,"eventType":"qs_userEvent"});
         assert_eq!(v, want);
-        let v: Value = serde_json::from_str(&event(&ev, &tags, false)).unwrap();
+        let v: Value = serde_json::from_str(&event(&ev, &tags, false, None)).unwrap();
         assert_eq!(v["qs_userFull"], "LAB\\goran");
         assert_eq!(v["qs_userId"], "goran");
     }
