@@ -193,3 +193,75 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
     assert!(d.metrics().must("whosin_apps_known") >= 2.0);
     assert_eq!(apps_of(&d, "anna")[0]["name"], "Sales 2027");
 }
+
+/// `qlik.discover`: the proxies and virtual proxies come from the QRS, as
+/// Ctrl-Q reads them, for `sessions list` and for reconciliation.
+#[test]
+fn discovered_proxies_serve_sessions_list_and_reconciliation() {
+    let Some(qps) = FakeQps::start() else { return };
+    qps.add_virtual_proxy("finance");
+    qps.add_session("", "LAB", "anna", "Anna", "s-anna");
+    qps.add_session("finance", "LAB", "bob", "Bob", "s-bob");
+    qps.set_proxy_services(vec![serde_json::json!({
+        "id": "p1",
+        "serverNodeConfiguration": {"name": "sense-node1", "hostName": "localhost"},
+        "settings": {
+            "restListenPort": qps.port(),
+            "virtualProxies": [{"prefix": "", "description": "Central"}, {"prefix": "finance"}]
+        }
+    })]);
+    let certs = qps.cert_dir();
+    let yaml = format!(
+        "qlik:\n  proxies: []\n  discover: true\n  repository:\n    host: localhost\n    port: {port}\n  certificates:\n    client: \"{c}\"\n    client_key: \"{k}\"\n    root: \"{r}\"\n  app_names_interval: null\n  reconcile_interval: \"1s\"\n  request_timeout: \"2s\"\n",
+        port = qps.port(),
+        c = certs.join("client.pem").display(),
+        k = certs.join("client_key.pem").display(),
+        r = certs.join("root.pem").display(),
+    );
+    let d = Daemon::start(&yaml);
+    let out = Command::new(common::bin())
+        .args([
+            "sessions",
+            "list",
+            "-c",
+            d.config.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut got: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["virtual_proxy"].as_str().unwrap().to_owned(),
+                s["user_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("".to_owned(), "anna".to_owned()),
+            ("finance".to_owned(), "bob".to_owned())
+        ]
+    );
+    // Reconciliation finds both users on the discovered node, whose events
+    // would say sense-node1 (its node name).
+    d.wait_metric("whosin_reconcile_corrections_total{kind=\"started\"}", 2.0);
+    let v = d.json("/api/v1/sessions");
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{v}");
+    assert!(sessions.iter().all(|s| s["reconciled"] == true));
+    let finance = sessions.iter().find(|s| s["user_id"] == "bob").unwrap();
+    assert_eq!(finance["virtual_proxy"], "finance");
+}

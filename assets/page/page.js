@@ -130,8 +130,14 @@ function renderTable() {
     tr.append(el('td', s.host, { title: s.host }));
     tr.append(el('td', since(s.started_at), { title: s.started_at }));
     tr.append(el('td', duration(now - new Date(s.started_at).getTime())));
-    const apps = appsText(s.apps);
-    tr.append(el('td', apps, { title: apps }));
+    // Each app by its name (from the Qlik repository), its id on hover.
+    const apps = el('td');
+    s.apps.forEach((a, i) => {
+      if (i > 0) apps.append(', ');
+      const hover = a.id + (a.stream ? ' (stream ' + a.stream + ')' : '');
+      apps.append(el('span', a.name || a.id, { title: hover, 'data-app': a.id }));
+    });
+    tr.append(apps);
     tr.append(el('td', s.browser || ''));
     tr.append(el('td', s.os || ''));
     return tr;

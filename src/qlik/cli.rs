@@ -34,12 +34,20 @@ pub enum Failure {
     Runtime(String),
 }
 
-fn qlik(config: &Config) -> Result<&QlikConfig, Failure> {
-    config.qlik.as_ref().ok_or_else(|| {
+/// The `qlik:` section, with the proxies the repository lists when
+/// `qlik.discover` is on.
+fn qlik(config: &Config) -> Result<QlikConfig, Failure> {
+    let q = config.qlik.as_ref().ok_or_else(|| {
         Failure::Usage(
             "the configuration has no qlik: section; add the proxies and the QMC certificates (docs/configuration.md)".into(),
         )
-    })
+    })?;
+    if !q.discover {
+        return Ok(q.clone());
+    }
+    runtime()?
+        .block_on(super::qrs::with_discovered(q))
+        .map_err(|e| Failure::Runtime(format!("discovering the proxies (qlik.discover): {e}")))
 }
 
 fn proxies<'c>(q: &'c QlikConfig, host: Option<&str>) -> Result<Vec<&'c QlikProxy>, Failure> {
@@ -52,7 +60,7 @@ fn proxies<'c>(q: &'c QlikConfig, host: Option<&str>) -> Result<Vec<&'c QlikProx
         let known: Vec<&str> = q.proxies.iter().map(|p| p.host.as_str()).collect();
         return Err(Failure::Usage(match host {
             Some(h) => format!(
-                "--host {h}: not a proxy in qlik.proxies (there: {})",
+                "--host {h}: not a proxy in qlik.proxies or discovered (there: {})",
                 known.join(", ")
             ),
             None => "qlik.proxies is empty".into(),
@@ -80,8 +88,8 @@ pub fn list(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let q = qlik(config)?;
-    let chosen = proxies(q, host)?;
-    let qps = Qps::new(q).map_err(Failure::Usage)?;
+    let chosen = proxies(&q, host)?;
+    let qps = Qps::new(&q).map_err(Failure::Usage)?;
     let rt = runtime()?;
     let mut sessions = Vec::new();
     let mut errors = Vec::new();
@@ -255,8 +263,8 @@ pub fn end(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let q = qlik(config)?;
-    let proxy = proxies(q, Some(host))?[0];
-    let qps = Qps::new(q).map_err(Failure::Usage)?;
+    let proxy = proxies(&q, Some(host))?[0];
+    let qps = Qps::new(&q).map_err(Failure::Usage)?;
     let rt = runtime()?;
     let what = describe(proxy, virtual_proxy);
     let io = |e: std::io::Error| Failure::Runtime(format!("cannot write: {e}"));

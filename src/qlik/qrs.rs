@@ -193,3 +193,24 @@ impl Qrs {
             .collect())
     }
 }
+
+/// `config` with its proxies completed from the repository when
+/// `discover` is on: the configured ones first (they win on the same host),
+/// then every other proxy service the QRS lists.
+pub async fn with_discovered(config: &QlikConfig) -> Result<QlikConfig, String> {
+    let mut out = config.clone();
+    if !config.discover {
+        return Ok(out);
+    }
+    let found = Qrs::new(config)?.proxies().await?;
+    for p in found {
+        if !out
+            .proxies
+            .iter()
+            .any(|c| c.host.eq_ignore_ascii_case(&p.host))
+        {
+            out.proxies.push(p);
+        }
+    }
+    Ok(out)
+}

@@ -38,7 +38,9 @@ pub async fn run(
             return;
         }
     };
-    let mut failing = vec![false; config.proxies.len()];
+    let mut failing: std::collections::HashMap<String, bool> = Default::default();
+    let mut proxies = config.proxies.clone();
+    let mut discovery_failing = false;
     let mut next = tokio::time::Instant::now() + FIRST_RUN;
     loop {
         tokio::select! {
@@ -46,7 +48,38 @@ pub async fn run(
             () = tokio::time::sleep_until(next) => {}
         }
         next = tokio::time::Instant::now() + interval;
-        for (i, proxy) in config.proxies.iter().enumerate() {
+        if config.discover {
+            // The site's proxies as the repository lists them now; when it
+            // does not answer, the last list stays.
+            match super::qrs::with_discovered(&config).await {
+                Ok(c) => {
+                    metrics.qrs_requests.with_label_values(&["ok"]).inc();
+                    if c.proxies != proxies || discovery_failing {
+                        tracing::info!(
+                            "discovered {} Qlik prox{}: {}",
+                            c.proxies.len(),
+                            if c.proxies.len() == 1 { "y" } else { "ies" },
+                            c.proxies
+                                .iter()
+                                .map(|p| format!("{} {:?}", p.host, p.virtual_proxies))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    discovery_failing = false;
+                    proxies = c.proxies;
+                }
+                Err(e) => {
+                    metrics.qrs_requests.with_label_values(&["failed"]).inc();
+                    if !discovery_failing {
+                        tracing::warn!("proxy discovery failed, the last list stays: {e}");
+                        discovery_failing = true;
+                    }
+                }
+            }
+        }
+        for proxy in &proxies {
+            let was_failing = failing.get(&proxy.host).copied().unwrap_or(false);
             let listed_at = jiff::Timestamp::now();
             let mut sessions = Vec::new();
             let mut error = None;
@@ -66,15 +99,15 @@ pub async fn run(
             }
             if let Some(e) = error {
                 metrics.reconcile_runs.with_label_values(&["failed"]).inc();
-                if !failing[i] {
+                if !was_failing {
                     tracing::warn!("reconciliation skipped (whosin's picture stays as it is): {e}");
-                    failing[i] = true;
+                    failing.insert(proxy.host.clone(), true);
                 }
                 continue;
             }
-            if failing[i] {
+            if was_failing {
                 tracing::info!("reconciliation with {} works again", proxy.host);
-                failing[i] = false;
+                failing.insert(proxy.host.clone(), false);
             }
             let (reply, answer) = std::sync::mpsc::channel();
             let job = Input::Reconcile(Box::new(Reconciliation {
