@@ -419,13 +419,24 @@ pub fn convert(
             },
         ));
     }
-    match (certs, proxies.is_empty()) {
+    // App names: Butler SOS's appNames (the QRS on hostIP, every extractInterval ms).
+    let app_names_on = flag(b, "appNames.enableAppNameExtract");
+    let app_host = text(b, "appNames.hostIP").filter(|_| app_names_on);
+    let app_every = get(b, "appNames.extractInterval")
+        .and_then(Value::as_u64)
+        .filter(|ms| *ms >= 1000)
+        .map_or_else(|| "5m".to_owned(), |ms| format!("{}s", ms / 1000));
+    match (certs, proxies.is_empty() && app_host.is_none()) {
         ((Some(client), Some(key), Some(root)), false) => {
             let _ = writeln!(
                 w,
-                "\n# The proxy API, from Butler SOS's cert and serversToMonitor.servers[].userSessions:\n# `whosin sessions list|end`, and reconciliation of whosin's picture with the\n# proxies' every reconcile_interval (docs/configuration.md)."
+                "\n# The proxy API, from Butler SOS's cert and serversToMonitor.servers[].userSessions:\n# `whosin sessions list|end`, and reconciliation of whosin's picture with the\n# proxies' every reconcile_interval (docs/configuration.md); app names from\n# the repository service as Butler SOS's appNames read them."
             );
-            let _ = writeln!(w, "qlik:\n  proxies:");
+            if proxies.is_empty() {
+                let _ = writeln!(w, "qlik:\n  proxies: []");
+            } else {
+                let _ = writeln!(w, "qlik:\n  proxies:");
+            }
             for (host, port, vps) in &proxies {
                 let _ = writeln!(
                     w,
@@ -441,6 +452,22 @@ pub fn convert(
                 q(&key),
                 q(&root)
             );
+            match (&app_host, app_names_on) {
+                (Some(host), _) => {
+                    let _ = writeln!(
+                        w,
+                        "  repository:               # appNames.hostIP\n    host: {}\n  app_names_interval: {}     # appNames.extractInterval",
+                        q(host),
+                        q(&app_every)
+                    );
+                }
+                (None, true) => {
+                    let _ = writeln!(w, "  app_names_interval: {}     # appNames.extractInterval", q(&app_every));
+                }
+                (None, false) => {
+                    let _ = writeln!(w, "  app_names_interval: null   # appNames.enableAppNameExtract was off");
+                }
+            }
             if text(b, "cert.clientCertPassphrase").is_some() {
                 notes.push(
                     "cert.clientCertPassphrase: whosin reads unencrypted PEM keys; export the certificates again from the QMC without a password".into(),
@@ -466,10 +493,6 @@ pub fn convert(
         (
             "userSessions",
             "session polling is replaced by events plus reconciliation with the proxy API (qlik:)",
-        ),
-        (
-            "appNames",
-            "whosin has no app-name source yet; dashboards show app ids",
         ),
         (
             "newRelic.metric",

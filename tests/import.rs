@@ -110,10 +110,12 @@ fn influxdb_v1_with_auth_mqtt_prometheus_and_the_proxy_api() {
         q["certificates"]["client_key"],
         "/opt/butler-sos/config/certificate/client_key.pem"
     );
+    // appNames: every extractInterval (60 s), from the first proxy's host.
+    assert_eq!(q["app_names_interval"], "60s");
+    assert!(q.get("repository").is_none(), "no hostIP: the proxy's host");
     // What does not carry over is listed, each with why.
     for not_carried in [
         "#   - logEvents: ",
-        "#   - appNames: ",
         "#   - heartbeat: ",
         "#   - userEvents.udpServerConfig.messageQueue: ",
         "#   - mqttConfig.baseTopic: ",
@@ -215,6 +217,10 @@ fn new_relic_accounts_scramble_and_url_carry_over() {
     );
     assert!(text.contains("newRelic.event.header"), "{text}");
     assert_eq!(c["tags"], json!({"qs_env": "prod"}));
+    // appNames without polled proxies: the repository on hostIP.
+    assert_eq!(c["qlik"]["proxies"], json!([]));
+    assert_eq!(c["qlik"]["repository"]["host"], "qs-central.example.com");
+    assert_eq!(c["qlik"]["app_names_interval"], "120s");
 
     // Printed, the keys are environment references.
     let o = whosin(
