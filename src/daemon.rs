@@ -167,24 +167,49 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         journal::JournalSender::new(jtx, health.journal.clone(), config.journal.max_uncommitted),
     );
     core.set_feed(feed.clone());
+    // Extended format: a sequence gap reconciles that host's proxies at once.
+    let gaps = match &config.qlik {
+        Some(q) if q.reconcile_on_gap => {
+            let (gap_tx, gap_rx) = tokio::sync::mpsc::unbounded_channel();
+            core.set_gap_alarm(gap_tx);
+            Some(gap_rx)
+        }
+        _ => None,
+    };
     let stop_http = tokio_util::sync::CancellationToken::new();
     let core_thread = sessions::spawn(core, rx)?;
     let reconciler = match &config.qlik {
-        Some(q) => q.reconcile_interval.map(|every| {
-            tracing::info!(
-                "reconciling with {} Qlik prox{} every {every}",
-                q.proxies.len(),
-                if q.proxies.len() == 1 { "y" } else { "ies" }
-            );
-            tokio::spawn(crate::qlik::reconcile::run(
+        Some(q) if q.reconcile_interval.is_some() || gaps.is_some() => {
+            let what = if q.discover {
+                "the Qlik proxies the repository lists".to_owned()
+            } else {
+                format!(
+                    "{} Qlik prox{}",
+                    q.proxies.len(),
+                    if q.proxies.len() == 1 { "y" } else { "ies" }
+                )
+            };
+            match q.reconcile_interval {
+                Some(every) => tracing::info!(
+                    "reconciling with {what} every {every}{}",
+                    if gaps.is_some() {
+                        " and after lost datagrams"
+                    } else {
+                        ""
+                    }
+                ),
+                None => tracing::info!("reconciling with {what} after lost datagrams"),
+            }
+            Some(tokio::spawn(crate::qlik::reconcile::run(
                 q.clone(),
-                every.get(),
+                q.reconcile_interval.map(|d| d.get()),
                 tx.clone(),
                 metrics.clone(),
+                gaps,
                 stop_sinks.clone(),
-            ))
-        }),
-        None => None,
+            )))
+        }
+        _ => None,
     };
     let app_names = config.qlik.as_ref().and_then(|q| {
         let every = q.app_names_interval?;

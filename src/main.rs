@@ -92,6 +92,9 @@ enum Cmd {
         /// Write a JSON report (what was sent, what whosin should show) to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Lose this share of the datagrams (0 to 1, e.g. 0.01), chosen by the seed.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
     },
 }
 
@@ -224,7 +227,12 @@ fn main() -> ExitCode {
             format,
             seed,
             report,
+            loss,
         } => {
+            if !(0.0..=1.0).contains(&loss) {
+                eprintln!("whosin simulate: --loss {loss}: a share from 0 to 1, e.g. 0.01");
+                return ExitCode::from(2);
+            }
             let target = match resolve(&target) {
                 Ok(t) => t,
                 Err(e) => {
@@ -241,6 +249,7 @@ fn main() -> ExitCode {
                 format,
                 seed,
                 progress: true,
+                loss,
             };
             match simulate::run(&opts) {
                 Ok(r) => {
@@ -252,11 +261,16 @@ fn main() -> ExitCode {
                         }
                     }
                     println!(
-                        "sent {} datagrams to {target} in {:.1}s ({:.0}/s), {} of them from service accounts",
+                        "sent {} datagrams to {target} in {:.1}s ({:.0}/s), {} of them from service accounts{}",
                         r.sent,
                         r.seconds,
                         r.sent as f64 / r.seconds.max(1e-9),
-                        r.service_account_events
+                        r.service_account_events,
+                        if r.dropped > 0 {
+                            format!("; {} lost on purpose (--loss)", r.dropped)
+                        } else {
+                            String::new()
+                        }
                     );
                     ExitCode::SUCCESS
                 }

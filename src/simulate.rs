@@ -46,6 +46,10 @@ pub struct Options {
     pub seed: u64,
     /// Show a progress bar on a terminal.
     pub progress: bool,
+    /// The share of datagrams not sent (0 to 1), chosen by the seed: a
+    /// network that loses datagrams, for measuring how close whosin stays to
+    /// the truth.
+    pub loss: f64,
 }
 
 /// Per-host counts whosin should show after the run, with service accounts left out.
@@ -64,12 +68,19 @@ pub struct HostCounts {
 pub struct Report {
     /// Datagrams sent.
     pub sent: u64,
+    /// Datagrams made but not sent (`--loss`).
+    pub dropped: u64,
     /// Datagrams of service accounts (blacklisted by `INTERNAL` in the default tour).
     pub service_account_events: u64,
     /// Events of human users per host and event label.
     pub events: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Expected live counts per host (human users only).
+    /// What whosin must show per host (human users only): the datagrams
+    /// actually sent, replayed through the rules of "What an event means"
+    /// (whosin's own state machine); with no loss it equals `truth`.
     pub expected: BTreeMap<String, HostCounts>,
+    /// Who is really logged in per host (the simulated proxies' own view,
+    /// what the proxy API lists), lost datagrams or not.
+    pub truth: BTreeMap<String, HostCounts>,
     /// Seconds the run took.
     pub seconds: f64,
 }
@@ -128,6 +139,17 @@ pub struct Generator {
     counters: BTreeMap<(usize, bool), u64>,
     next_session: u64,
     report: Report,
+    /// Sessions started and stopped since [`Generator::take_changes`].
+    changes: Vec<TruthChange>,
+}
+
+/// A change to who is really logged in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TruthChange {
+    /// A session began (the proxy lists it from now on).
+    Started(TruthSession),
+    /// The session with this id ended.
+    Stopped(String),
 }
 
 impl Generator {
@@ -182,6 +204,7 @@ impl Generator {
             counters: BTreeMap::new(),
             next_session: 1,
             report: Report::default(),
+            changes: Vec::new(),
         }
     }
 
@@ -233,8 +256,18 @@ impl Generator {
             _ => None,
         };
         if cmd == Command::SessionStart {
-            self.users[idx].session = Some(format!("{:010x}", self.next_session * 2_654_435_761));
+            let sid = format!("{:010x}", self.next_session * 2_654_435_761);
+            self.users[idx].session = Some(sid.clone());
             self.next_session += 1;
+            let u = &self.users[idx];
+            if !u.service {
+                self.changes.push(TruthChange::Started(TruthSession {
+                    host: self.hosts[u.host].clone(),
+                    user_directory: u.dir.to_owned(),
+                    user_id: u.id.clone(),
+                    session_id: sid,
+                }));
+            }
         }
         let u = &self.users[idx];
         let host = &self.hosts[u.host];
@@ -280,10 +313,12 @@ impl Generator {
         };
         let service = u.service;
         let host = host.clone();
-        if cmd == Command::SessionStop {
-            self.users[idx].session = None;
+        if cmd == Command::SessionStop
+            && let Some(sid) = self.users[idx].session.take()
+            && !service
+        {
+            self.changes.push(TruthChange::Stopped(sid));
         }
-        self.report.sent += 1;
         if service {
             self.report.service_account_events += 1;
         } else {
@@ -298,23 +333,136 @@ impl Generator {
         line
     }
 
-    /// What was sent, and the counts whosin should show now.
+    /// What was made, and who is really logged in (`truth`).
     pub fn report(&self) -> Report {
         let mut r = self.report.clone();
         for host in &self.hosts {
-            r.expected.insert(host.clone(), HostCounts::default());
+            r.truth.insert(host.clone(), HostCounts::default());
         }
         for u in self
             .users
             .iter()
             .filter(|u| !u.service && u.session.is_some())
         {
-            let c = r.expected.entry(self.hosts[u.host].clone()).or_default();
+            let c = r.truth.entry(self.hosts[u.host].clone()).or_default();
             c.sessions += 1;
             c.users += 1;
             c.connections += u.apps.len() as u64;
         }
         r
+    }
+
+    /// Every open session of a human user, as the proxy service would list
+    /// it (for a stand-in proxy API that knows the truth).
+    pub fn truth_sessions(&self) -> Vec<TruthSession> {
+        self.users
+            .iter()
+            .filter(|u| !u.service)
+            .filter_map(|u| {
+                Some(TruthSession {
+                    host: self.hosts[u.host].clone(),
+                    user_directory: u.dir.to_owned(),
+                    user_id: u.id.clone(),
+                    session_id: u.session.clone()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One session the simulated proxies hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TruthSession {
+    /// The node.
+    pub host: String,
+    /// User directory.
+    pub user_directory: String,
+    /// User id.
+    pub user_id: String,
+    /// The proxy session id (also in the extended format's datagrams).
+    pub session_id: String,
+}
+
+/// The datagrams actually sent, replayed through whosin's rules with the
+/// service accounts left out (the tour's blacklist): what whosin must show.
+pub struct Oracle {
+    parser: crate::ingest::parse::Parser,
+    state: crate::sessions::live::LiveState,
+    hosts: Vec<String>,
+}
+
+impl Oracle {
+    /// A replay for the nodes `hosts` with whosin's default idle timeout.
+    pub fn new(hosts: &[String]) -> Self {
+        Self {
+            parser: crate::ingest::parse::Parser::new(),
+            state: crate::sessions::live::LiveState::new(Duration::from_secs(30 * 60)),
+            hosts: hosts.to_vec(),
+        }
+    }
+
+    /// One datagram as whosin receives it.
+    pub fn feed(&mut self, datagram: &str) {
+        if let Ok(ev) = self
+            .parser
+            .parse(datagram.as_bytes(), jiff::Timestamp::now())
+            && !ev.user_directory.eq_ignore_ascii_case("INTERNAL")
+        {
+            self.state.apply(&ev);
+        }
+    }
+
+    /// The counts per node now.
+    pub fn counts(&mut self) -> BTreeMap<String, HostCounts> {
+        self.state.expire(jiff::Timestamp::now());
+        self.hosts
+            .iter()
+            .map(|h| {
+                let c = self.state.counts(h);
+                (
+                    h.clone(),
+                    HostCounts {
+                        sessions: c.sessions as u64,
+                        connections: c.connections as u64,
+                        users: c.users as u64,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl Generator {
+    /// The sessions started and stopped since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<TruthChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The nodes' names.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+}
+
+/// Whether a datagram is lost, chosen by a generator of its own so that the
+/// traffic is the same whatever the loss.
+pub struct Loss {
+    rng: Rng,
+    fraction: f64,
+}
+
+impl Loss {
+    /// Loses `fraction` (0 to 1) of the datagrams, seeded by `seed`.
+    pub fn new(fraction: f64, seed: u64) -> Self {
+        Self {
+            rng: Rng((seed ^ 0x9e37_79b9_7f4a_7c15).max(1)),
+            fraction: fraction.clamp(0.0, 1.0),
+        }
+    }
+
+    /// Whether the next datagram is lost.
+    pub fn lose(&mut self) -> bool {
+        self.fraction > 0.0 && (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64 <= self.fraction
     }
 }
 
@@ -328,6 +476,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     };
     let sock = UdpSocket::bind(bind).context("opening a UDP socket to send from")?;
     let mut generator = Generator::new(opts.users, opts.hosts, opts.format, opts.seed);
+    let mut oracle = Oracle::new(generator.hosts());
+    let mut loss = Loss::new(opts.loss, opts.seed);
+    let mut dropped = 0u64;
     let total = opts
         .rate
         .saturating_mul(opts.duration.as_secs_f64().ceil() as u64);
@@ -362,10 +513,16 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
             lines.clear();
             generator.step(&mut lines);
             for l in &lines {
-                if sock.send_to(l.as_bytes(), opts.target).is_err() {
-                    send_errors += 1;
-                }
                 sent += 1;
+                if loss.lose() {
+                    dropped += 1;
+                    continue;
+                }
+                match sock.send_to(l.as_bytes(), opts.target) {
+                    Ok(_) => oracle.feed(l),
+                    // Not on the wire, so not in what whosin must show.
+                    Err(_) => send_errors += 1,
+                }
             }
         }
         bar.set_position(sent);
@@ -373,6 +530,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     bar.finish_and_clear();
     let mut report = generator.report();
     report.seconds = start.elapsed().as_secs_f64();
+    report.sent = sent - dropped - send_errors;
+    report.dropped = dropped;
+    report.expected = oracle.counts();
     if send_errors > 0 {
         tracing::warn!("{send_errors} datagrams could not be sent (is the target reachable?)");
     }
@@ -405,7 +565,7 @@ mod tests {
             }
             let r = g.report();
             assert!(r.service_account_events > 0);
-            for (host, want) in &r.expected {
+            for (host, want) in &r.truth {
                 let c = state.counts(host);
                 let got = HostCounts {
                     sessions: c.sessions as u64,
@@ -414,7 +574,7 @@ mod tests {
                 };
                 assert_eq!(&got, want, "{host} {format:?}");
             }
-            assert!(r.expected.values().any(|c| c.connections > 0));
+            assert!(r.truth.values().any(|c| c.connections > 0));
         }
     }
 }

@@ -8,6 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::fake_new_relic::FakeNewRelic;
 use common::fake_qps::FakeQps;
 use common::influx::Influx;
 use common::mosquitto::{Mosquitto, Subscriber};
@@ -27,10 +28,11 @@ fn open(user: &str, app: &str) -> String {
     )
 }
 
-fn config(qps: &FakeQps, influx: u16, mqtt: &str) -> String {
+fn config(qps: &FakeQps, influx: u16, mqtt: &str, nr: &FakeNewRelic) -> String {
     let certs = qps.cert_dir();
     format!(
-        "sessions:\n  per_user_limit: 2\nqlik:\n  proxies: []\n  repository:\n    host: localhost\n    port: {port}\n  certificates:\n    client: \"{c}\"\n    client_key: \"{k}\"\n    root: \"{r}\"\n  app_names_interval: \"2s\"\n  reconcile_interval: null\n  request_timeout: \"2s\"\nsinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{influx}\"\n    flush_interval: \"100ms\"\n  mqtt:\n    enabled: true\n    url: \"{mqtt}\"\n",
+        "sessions:\n  per_user_limit: 2\nqlik:\n  proxies: []\n  repository:\n    host: localhost\n    port: {port}\n  certificates:\n    client: \"{c}\"\n    client_key: \"{k}\"\n    root: \"{r}\"\n  app_names_interval: \"2s\"\n  reconcile_interval: null\n  request_timeout: \"2s\"\nsinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{influx}\"\n    flush_interval: \"100ms\"\n  mqtt:\n    enabled: true\n    url: \"{mqtt}\"\n  new_relic:\n    enabled: true\n    url: \"{nr}\"\n    accounts:\n      - account_id: \"42\"\n        insert_key: k\n    flush_interval: \"100ms\"\n",
+        nr = nr.url(),
         port = qps.port(),
         c = certs.join("client.pem").display(),
         k = certs.join("client_key.pem").display(),
@@ -61,8 +63,9 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
         return;
     };
     let sub = Subscriber::connect(broker.port, "names-test", false);
+    let nr = FakeNewRelic::start(&[("42", "k")]);
     qps.set_apps(&[(SALES, "Sales", Some("Everyone"))]);
-    let d = Daemon::start(&config(&qps, influx.port, &broker.url()));
+    let d = Daemon::start(&config(&qps, influx.port, &broker.url(), &nr));
     d.wait_metric("whosin_apps_known", 1.0);
 
     // Finance is created in Qlik after whosin's first refresh.
@@ -78,7 +81,10 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
     ]);
     let sent = Instant::now();
     d.send_all(&[&open("bob", FINANCE)]);
-    let sales = apps_of(&d, "anna");
+    let sales = poll("anna's app", || {
+        let a = apps_of(&d, "anna");
+        (!a.is_empty()).then_some(a)
+    });
     assert_eq!(sales[0]["id"], SALES);
     assert_eq!(sales[0]["name"], "Sales");
     assert_eq!(sales[0]["stream"], "Everyone");
@@ -108,6 +114,21 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["app_name"], "Finance");
     assert_eq!(events[0]["app_id"], FINANCE);
+    let c = d.json(&format!(
+        "/api/v1/concurrency?from={}&to={}&step=1m&app=Sales",
+        jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10),
+        jiff::Timestamp::now()
+    ));
+    let last = c["points"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            last["sessions"].as_u64(),
+            last["users"].as_u64(),
+            last["connections"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{c}"
+    );
 
     // The session limit: anna has two sessions, the limit is two.
     let limits = d.json("/api/v1/limits");
@@ -156,6 +177,10 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
         .unwrap();
     let v: Value = serde_json::from_str(&open_msg.payload).unwrap();
     assert_eq!(v["appName"], "Sales");
+    let nr_open = poll("anna's open at New Relic", || {
+        nr.events("42").into_iter().find(|e| e["qs_appId"] == SALES)
+    });
+    assert_eq!(nr_open["qs_appName"], "Sales");
 
     // A rename shows after the next refresh, for past instants too.
     qps.set_apps(&[

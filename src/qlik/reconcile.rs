@@ -23,12 +23,17 @@ use crate::sessions::{Input, Reconciliation};
 /// while it was down.
 const FIRST_RUN: Duration = Duration::from_secs(2);
 
+/// After a sequence gap, how long to gather more before comparing (a burst
+/// of loss is one comparison, not one per lost datagram).
+const GAP_DEBOUNCE: Duration = Duration::from_secs(2);
+
 /// Runs until `stop`.
 pub async fn run(
     config: QlikConfig,
-    interval: Duration,
+    interval: Option<Duration>,
     core: std::sync::mpsc::SyncSender<Input>,
     metrics: Arc<Metrics>,
+    mut gaps: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     stop: CancellationToken,
 ) {
     let qps = match Qps::new(&config) {
@@ -41,13 +46,44 @@ pub async fn run(
     let mut failing: std::collections::HashMap<String, bool> = Default::default();
     let mut proxies = config.proxies.clone();
     let mut discovery_failing = false;
-    let mut next = tokio::time::Instant::now() + FIRST_RUN;
+    let far = Duration::from_secs(365 * 86_400);
+    let mut next = tokio::time::Instant::now() + if interval.is_some() { FIRST_RUN } else { far };
+    // Hosts with a sequence gap since the last comparison.
+    let mut gap_hosts: std::collections::BTreeSet<String> = Default::default();
     loop {
-        tokio::select! {
+        // Only the proxies of gap hosts, or (when due) every proxy.
+        let full = tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(next) => {}
+            () = tokio::time::sleep_until(next) => true,
+            host = async { gaps.as_mut().expect("guarded").recv().await }, if gaps.is_some() => {
+                match host {
+                    Some(h) => {
+                        gap_hosts.insert(h);
+                        // Gather the rest of the burst, then compare.
+                        let until = tokio::time::Instant::now() + GAP_DEBOUNCE;
+                        while let Ok(Some(h)) = tokio::time::timeout_at(
+                            until,
+                            gaps.as_mut().expect("guarded").recv(),
+                        )
+                        .await
+                        {
+                            gap_hosts.insert(h);
+                        }
+                        false
+                    }
+                    None => {
+                        gaps = None;
+                        continue;
+                    }
+                }
+            }
+        };
+        if full {
+            next = tokio::time::Instant::now() + interval.unwrap_or(far);
+            gap_hosts.clear();
         }
-        next = tokio::time::Instant::now() + interval;
+        let only: Option<Vec<String>> =
+            (!full).then(|| std::mem::take(&mut gap_hosts).into_iter().collect());
         if config.discover {
             // The site's proxies as the repository lists them now; when it
             // does not answer, the last list stays.
@@ -79,6 +115,11 @@ pub async fn run(
             }
         }
         for proxy in &proxies {
+            if let Some(hosts) = &only
+                && !hosts.iter().any(|h| super::names(proxy, h))
+            {
+                continue;
+            }
             let was_failing = failing.get(&proxy.host).copied().unwrap_or(false);
             let listed_at = jiff::Timestamp::now();
             let mut sessions = Vec::new();

@@ -103,6 +103,8 @@ pub struct Core {
     host_log: crate::ratelog::RateLog,
     /// Sessions started or ended since the session-limit gauge was counted.
     limit_dirty: bool,
+    /// Where a host with a sequence gap is announced (`qlik.reconcile_on_gap`).
+    gaps: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Core {
@@ -123,7 +125,13 @@ impl Core {
             max_hosts: MAX_HOSTS,
             host_log: crate::ratelog::RateLog::new(EVICT_LOG_EVERY),
             limit_dirty: true,
+            gaps: None,
         }
+    }
+
+    /// Announces every host with a sequence gap on `tx` (never blocks).
+    pub fn set_gap_alarm(&mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        self.gaps = Some(tx);
     }
 
     /// A core that continues from a recovered journal and writes to it.
@@ -384,6 +392,11 @@ impl Core {
                         .events_lost
                         .with_label_values(&[&ev.host])
                         .inc_by(gap);
+                    // A lost stop leaves a phantom, a lost start hides a
+                    // user: ask the proxies of this host for the truth now.
+                    if let Some(tx) = &self.gaps {
+                        let _ = tx.send(ev.host.clone());
+                    }
                 }
                 self.last_seq.insert(key, seq);
             }

@@ -229,6 +229,18 @@ impl FakeQps {
         lock(&self.shared).mode = mode;
     }
 
+    /// Ends the session `session_id` on the virtual proxy `prefix` (as if the
+    /// user logged out); false when there was none.
+    pub fn remove_session(&self, prefix: &str, session_id: &str) -> bool {
+        let mut inner = lock(&self.shared);
+        let Some(list) = inner.proxies.get_mut(prefix) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|s| s.session_id != session_id);
+        list.len() < before
+    }
+
     /// Sets the repository's apps: (id, name, stream), as `/qrs/app/full`
     /// lists them (with more fields, as the real one does).
     pub fn set_apps(&self, apps: &[(&str, &str, Option<&str>)]) {
