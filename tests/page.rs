@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::{DEADLINE, Daemon, http_get_with};
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+const APP: &str = "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c";
 const SAFARI: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15";
 
 #[test]
@@ -32,9 +33,19 @@ fn the_live_page_shows_who_is_in_now_and_then() {
         return;
     }
 
-    let d = Daemon::start(
-        "http:\n  listen: \"127.0.0.1:0\"\n  auth_token: \"page-t0ken\"\nblacklist:\n  - directory: INTERNAL\n",
-    );
+    // App names from a stand-in repository (the FakeQps also fakes the QRS).
+    let Some(qps) = common::fake_qps::FakeQps::start() else {
+        return;
+    };
+    qps.set_apps(&[(APP, "Sales dashboard", Some("Everyone"))]);
+    let certs = qps.cert_dir();
+    let d = Daemon::start(&format!(
+        "http:\n  listen: \"127.0.0.1:0\"\n  auth_token: \"page-t0ken\"\nblacklist:\n  - directory: INTERNAL\nqlik:\n  proxies: []\n  repository:\n    host: localhost\n    port: {}\n  certificates:\n    client: \"{}\"\n    client_key: \"{}\"\n    root: \"{}\"\n  reconcile_interval: null\n",
+        qps.port(),
+        certs.join("client.pem").display(),
+        certs.join("client_key.pem").display(),
+        certs.join("root.pem").display(),
+    ));
     let now = jiff::Timestamp::now();
     let ago = |minutes: i64| now - jiff::SignedDuration::from_mins(minutes);
     // Dave was in from two hours ago until an hour ago.
@@ -58,7 +69,12 @@ fn the_live_page_shows_who_is_in_now_and_then() {
     loop {
         let (_, body) = http_get_with(d.http, "/api/v1/sessions", auth);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if v["sessions"].as_array().map(Vec::len) == Some(3) {
+        let named = v["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["apps"][0]["name"] == "Sales dashboard");
+        if v["sessions"].as_array().map(Vec::len) == Some(3) && named {
             break;
         }
         assert!(Instant::now() < until, "the sessions never arrived: {v}");
@@ -75,6 +91,7 @@ fn the_live_page_shows_who_is_in_now_and_then() {
         "past_at": ago(100).to_string(),
         "past": [["LAB\\dave", "sense-node1"]],
         "screenshot": shot,
+        "app": {"name": "Sales dashboard", "id": APP},
     });
     let out = Command::new(node)
         .arg("check.mjs")

@@ -213,8 +213,9 @@ function addTicker(ev) {
   const li = el('li', null, { 'data-seq': String(ev.seq) });
   li.append(el('time', clock(new Date(ev.time)), { datetime: ev.time }));
   const what = EVENT_TEXT[ev.event] || ev.event;
-  const app = ev.app_id ? ' ' + ev.app_id.slice(0, 8) + '…' : '';
-  li.append(el('span', ev.user + ' ' + what + app + ' on ' + ev.host, { title: ev.user + ' ' + what + ' ' + (ev.app_id || '') + ' on ' + ev.host }));
+  const app = ev.app_name ? ' ' + ev.app_name : ev.app_id ? ' ' + ev.app_id.slice(0, 8) + '…' : '';
+  const full = [ev.app_name, ev.app_id].filter(Boolean).join(' ');
+  li.append(el('span', ev.user + ' ' + what + app + ' on ' + ev.host, { title: ev.user + ' ' + what + ' ' + full + ' on ' + ev.host }));
   const list = $('#ticker');
   list.prepend(li);
   while (list.children.length > 30) list.lastElementChild.remove();

@@ -162,8 +162,9 @@ async fn pump(s: AppState, tx: Tx, start: Start) {
                 journal::events_after(&c.lock().unwrap_or_else(|p| p.into_inner()), from, CHUNK)
             })
             .await;
-            let Ok(Ok(batch)) = batch else { break };
+            let Ok(Ok(mut batch)) = batch else { break };
             let full = batch.len() == CHUNK;
+            super::inventory::name_events(&mut batch, &s.apps);
             for ev in batch {
                 after = ev.seq;
                 let data = serde_json::to_string(&ev).unwrap_or_default();

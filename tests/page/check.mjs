@@ -66,6 +66,16 @@ try {
 
   // Who is in, per host; the blacklisted account never shows.
   await rowsBecome(page, want.now, 'at first');
+  // Apps by the name the Qlik repository gives, the id on hover.
+  if (want.app) {
+    const app = await page.$eval('#who tbody tr[data-user="LAB\\\\anna"] span[data-app]',
+      (s) => ({ text: s.textContent, title: s.getAttribute('title') }));
+    if (app.text !== want.app.name || !app.title.startsWith(want.app.id)) {
+      throw new Error(`anna's app shows ${JSON.stringify(app)}, expected ${JSON.stringify(want.app)}`);
+    }
+    await page.waitForFunction((name) => [...document.querySelectorAll('#ticker li')]
+      .some((li) => li.textContent.includes('opened ' + name)), want.app.name, { timeout: TIMEOUT });
+  }
   // The ticker begins with the latest events, from before the page opened.
   await page.waitForFunction(() => [...document.querySelectorAll('#ticker li')].some((li) => li.textContent.includes('LAB\\carl signed in') || li.textContent.includes('CORP\\carl signed in')), null, { timeout: TIMEOUT });
   await page.waitForFunction(() => document.querySelector('#status').textContent === 'live', null, { timeout: TIMEOUT });
