@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::journal::{from_nanos, nanos};
-use super::query::{ConcurrencyAnswer, MAX_POINTS, Point, SessionsAnswer};
+use super::query::{ConcurrencyAnswer, Point, SessionsAnswer};
 
 /// One app in `/api/v1/apps`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -162,14 +162,7 @@ pub fn app_concurrency(
         }
     }
     changes.sort_unstable();
-    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
-    let mut instants = Vec::new();
-    let mut t = lo;
-    while t < hi && instants.len() < MAX_POINTS {
-        instants.push(t);
-        t = t.saturating_add(step_ns);
-    }
-    instants.push(hi);
+    let instants = super::query::instants(lo, hi, step);
     let mut conns: i64 = 0;
     let mut per_user: BTreeMap<u32, u32> = BTreeMap::new();
     let mut per_pair: BTreeMap<u32, u32> = BTreeMap::new();

@@ -283,6 +283,20 @@ pub struct ConcurrencyAnswer {
 /// Most points one concurrency answer may have.
 pub const MAX_POINTS: usize = 10_000;
 
+/// The sampled instants of a concurrency curve (nanoseconds): `lo`,
+/// `lo + step`, ... below `hi`, and last `hi`.
+pub fn instants(lo: i64, hi: i64, step: std::time::Duration) -> Vec<i64> {
+    let mut out: Vec<i64> = Vec::new();
+    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
+    let mut t = lo;
+    while t < hi && out.len() < MAX_POINTS {
+        out.push(t);
+        t = t.saturating_add(step_ns);
+    }
+    out.push(hi);
+    out
+}
+
 /// The concurrency curve over `[from, to]`, computed by one sweep over the
 /// intervals that overlap the range (not one query per point).
 pub fn concurrency(
@@ -342,14 +356,7 @@ pub fn concurrency(
     }
     changes.sort_unstable();
 
-    let mut instants: Vec<i64> = Vec::new();
-    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
-    let mut t = lo;
-    while t < hi && instants.len() < MAX_POINTS {
-        instants.push(t);
-        t = t.saturating_add(step_ns);
-    }
-    instants.push(hi);
+    let instants = instants(lo, hi, step);
 
     let mut sessions: i64 = 0;
     let mut conns: i64 = 0;

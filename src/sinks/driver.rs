@@ -180,13 +180,15 @@ async fn round<S: Sink>(
             }
         }
         if let Some(last) = last {
+            // The status first, the counters last: whoever sees a counter
+            // move sees the status and the cursor that go with it.
+            report.refused(s.refused.as_ref());
             if let Err(e) = journal.with(move |r| r.confirm(last)).await {
                 tracing::warn!("{}: cannot record its progress: {e}", report.id);
             }
+            report.refresh_backlog(journal).await;
             let refused = s.refused.as_ref().map_or(0, |r| r.points);
             report.written.inc_by(events.saturating_sub(refused));
-            report.refused(s.refused.as_ref());
-            report.refresh_backlog(journal).await;
         }
     };
     loop {

@@ -15,7 +15,6 @@
 //! - a gzip body with `Content-Encoding: gzip`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
@@ -77,40 +76,25 @@ fn text_of(v: &FieldValue<'_>) -> String {
 impl FakeInfluxDb3 {
     /// Starts on a free loopback port, accepting `token` for database `db`.
     pub fn start(token: &str, db: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let fake = FakeInfluxDb3 {
-            port,
-            state: state.clone(),
-        };
+        let shared = state.clone();
         let (token, db) = (token.to_owned(), db.to_owned());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/api/v3/write_lp",
-                    axum::routing::post(
-                        move |axum::extract::RawQuery(q): axum::extract::RawQuery,
-                              headers: HeaderMap,
-                              body: axum::body::Bytes| {
-                            let state = state.clone();
-                            let (token, db) = (token.clone(), db.clone());
-                            async move {
-                                write(&state, &token, &db, q.unwrap_or_default(), &headers, &body)
-                            }
-                        },
-                    ),
-                );
-                let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(l, app).await.unwrap();
-            });
-        });
-        fake
+        let app = axum::Router::new().route(
+            "/api/v3/write_lp",
+            axum::routing::post(
+                move |axum::extract::RawQuery(q): axum::extract::RawQuery,
+                      headers: HeaderMap,
+                      body: axum::body::Bytes| {
+                    let state = shared.clone();
+                    let (token, db) = (token.clone(), db.clone());
+                    async move { write(&state, &token, &db, q.unwrap_or_default(), &headers, &body) }
+                },
+            ),
+        );
+        FakeInfluxDb3 {
+            port: super::serve(app),
+            state,
+        }
     }
 
     /// The rows of `table`.
@@ -173,20 +157,9 @@ fn write(
         );
     }
     let accept_partial = params.get("accept_partial").is_none_or(|v| v != "false");
-    let gzip = headers
-        .get("content-encoding")
-        .is_some_and(|v| v.as_bytes() == b"gzip");
-    let mut text = String::new();
-    if gzip {
-        if flate2::read::GzDecoder::new(body)
-            .read_to_string(&mut text)
-            .is_err()
-        {
-            return error(StatusCode::BAD_REQUEST, "invalid gzip body");
-        }
-    } else {
-        text = String::from_utf8_lossy(body).into_owned();
-    }
+    let Some(text) = super::body_text(headers, body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid gzip body");
+    };
     let mut good = Vec::new();
     let mut bad = Vec::new();
     // The schema as it would be after this request's good lines.

@@ -8,7 +8,6 @@
 //! to 4,096 characters. It answers 200 `{"success":true,"uuid":...}`.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
@@ -34,41 +33,28 @@ pub struct FakeNewRelic {
 impl FakeNewRelic {
     /// Starts on a free loopback port; `keys` maps account ids to insert keys.
     pub fn start(keys: &[(&str, &str)]) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let keys: HashMap<String, String> = keys
             .iter()
             .map(|(a, k)| ((*a).to_owned(), (*k).to_owned()))
             .collect();
-        let fake = FakeNewRelic {
-            port,
-            state: state.clone(),
-        };
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/v1/accounts/{account}/events",
-                    axum::routing::post(
-                        move |axum::extract::Path(account): axum::extract::Path<String>,
-                              headers: HeaderMap,
-                              body: axum::body::Bytes| {
-                            let state = state.clone();
-                            let keys = keys.clone();
-                            async move { post(&state, &keys, &account, &headers, &body) }
-                        },
-                    ),
-                );
-                let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(l, app).await.unwrap();
-            });
-        });
-        fake
+        let shared = state.clone();
+        let app = axum::Router::new().route(
+            "/v1/accounts/{account}/events",
+            axum::routing::post(
+                move |axum::extract::Path(account): axum::extract::Path<String>,
+                      headers: HeaderMap,
+                      body: axum::body::Bytes| {
+                    let state = shared.clone();
+                    let keys = keys.clone();
+                    async move { post(&state, &keys, &account, &headers, &body) }
+                },
+            ),
+        );
+        FakeNewRelic {
+            port: super::serve(app),
+            state,
+        }
     }
 
     /// The base URL to configure.
@@ -116,20 +102,9 @@ fn post(
     if body.len() > 1_000_000 {
         return answer(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
     }
-    let gzip = headers
-        .get("content-encoding")
-        .is_some_and(|v| v.as_bytes() == b"gzip");
-    let mut text = String::new();
-    if gzip {
-        if flate2::read::GzDecoder::new(body)
-            .read_to_string(&mut text)
-            .is_err()
-        {
-            return answer(StatusCode::BAD_REQUEST, "invalid gzip");
-        }
-    } else {
-        text = String::from_utf8_lossy(body).into_owned();
-    }
+    let Some(text) = super::body_text(headers, body) else {
+        return answer(StatusCode::BAD_REQUEST, "invalid gzip");
+    };
     let Ok(Value::Array(events)) = serde_json::from_str::<Value>(&text) else {
         return answer(StatusCode::BAD_REQUEST, "the body is not a JSON array");
     };

@@ -347,6 +347,42 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// Serves `app` on a free loopback port from a thread of its own (for the
+/// in-process fakes); returns the port.
+pub fn serve(app: axum::Router) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    port
+}
+
+/// A request body as text, gunzipped when `Content-Encoding: gzip` says so;
+/// `None` for a broken gzip stream.
+pub fn body_text(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+    use std::io::Read as _;
+    let gzip = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    if !gzip {
+        return Some(String::from_utf8_lossy(body).into_owned());
+    }
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
 /// Polls `f` until it answers, or fails after [`DEADLINE`] saying `what`.
 pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let until = Instant::now() + DEADLINE;
