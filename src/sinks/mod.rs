@@ -12,12 +12,9 @@
 //! settings changed when the config file changes, at the same cursor.
 //!
 //! Adding a sink: a folder with a config type implementing [`SinkConfig`] and
-//! a sink implementing [`Sink`], and one line in [`registry`].
+//! a sink implementing [`Sink`], and one line in the list below.
 
 pub mod driver;
-pub mod influxdb;
-pub mod mqtt;
-pub mod new_relic;
 pub mod registry;
 mod split;
 pub mod status;
@@ -32,7 +29,14 @@ use crate::problems::Scope;
 use crate::sessions::journal::StoredEvent;
 
 pub use driver::Journal;
-pub use registry::{PrometheusConfig, SinksConfig};
+pub use registry::PrometheusConfig;
+
+// The one list of sinks: `name: its config type` (in its folder, `name/`).
+registry::registry! {
+    influxdb: InfluxConfig,
+    mqtt: MqttConfig,
+    new_relic: NewRelicConfig,
+}
 pub use split::{Post, deliver_split};
 pub use status::{SinkStatus, Statuses};
 pub use supervisor::{Context, SinkSettings, supervise};

@@ -1,58 +1,61 @@
-//! The one list of sinks. A line here gives a sink its `sinks.<name>` config
-//! section (deserialized, validated, documented by its type), its place in
-//! `/readyz` and metrics, and its start and restart by the supervisor.
+//! What the one list of sinks (in `sinks/mod.rs`) expands to. A line there
+//! gives a sink its module, its `sinks.<name>` config section (deserialized,
+//! validated, documented by its type), its place in `/readyz` and metrics,
+//! and its start and restart by the supervisor.
 
 use std::any::Any;
 
 use serde::Deserialize;
 
 use super::supervisor::{Context, Started, start_instances};
-use super::{Env, SinkConfig};
-use crate::problems::Scope;
+use super::{Env, SinkConfig, SinksConfig};
 
+/// Declares the sinks: for each `name: ConfigType` line, the module
+/// `sinks::name` (its folder), the `sinks.name` field of [`SinksConfig`],
+/// its validation, its name in metrics and `/readyz`, and its entry for the
+/// supervisor. Used once, in `sinks/mod.rs`.
 macro_rules! registry {
-    ($($key:ident: $config:ty),* $(,)?) => {
+    ($($key:ident: $config:ident),* $(,)?) => {
+        $( pub mod $key; )*
+
         /// `sinks:` where events go. Each section is documented on its type.
-        #[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+        #[derive(Clone, Debug, serde::Deserialize, PartialEq, Default)]
         #[serde(deny_unknown_fields, default)]
         pub struct SinksConfig {
             /// Prometheus exposition at `/metrics`.
-            pub prometheus: PrometheusConfig,
+            pub prometheus: $crate::sinks::registry::PrometheusConfig,
             $(
                 #[doc = concat!("`sinks.", stringify!($key), "`")]
-                pub $key: $config,
+                pub $key: $key::$config,
             )*
         }
 
         /// Every sink's name, in registry order.
-        pub const NAMES: &[&str] = &[$(<$config as SinkConfig>::NAME),*];
+        pub const NAMES: &[&str] = &[$(<$key::$config as $crate::sinks::SinkConfig>::NAME),*];
 
         impl SinksConfig {
             /// Every problem of every sink's section.
-            pub fn validate(&self, p: &mut Scope<'_>) {
+            pub fn validate(&self, p: &mut $crate::problems::Scope<'_>) {
+                use $crate::sinks::SinkConfig as _;
                 $( self.$key.validate(&mut p.nested(stringify!($key))); )*
             }
 
             /// The names of the sinks the config switches on.
             pub fn enabled(&self) -> Vec<&'static str> {
+                use $crate::sinks::SinkConfig as _;
                 let mut on = Vec::new();
-                $( if self.$key.enabled() { on.push(<$config as SinkConfig>::NAME); } )*
+                $( if self.$key.enabled() { on.push(<$key::$config as $crate::sinks::SinkConfig>::NAME); } )*
                 on
             }
         }
 
         /// One entry per sink, for the supervisor.
-        pub(super) fn plugins() -> Vec<Box<dyn Plugin>> {
-            vec![$( Box::new(Typed::<$config> { pick: |s| &s.$key }) ),*]
+        pub(crate) fn plugins() -> Vec<Box<dyn $crate::sinks::registry::Plugin>> {
+            vec![$( $crate::sinks::registry::plugin::<$key::$config>(|s| &s.$key) ),*]
         }
     };
 }
-
-registry! {
-    influxdb: super::influxdb::InfluxConfig,
-    mqtt: super::mqtt::MqttConfig,
-    new_relic: super::new_relic::NewRelicConfig,
-}
+pub(crate) use registry;
 
 /// `sinks.prometheus:` the `/metrics` endpoint.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -70,7 +73,7 @@ impl Default for PrometheusConfig {
 
 /// A sink kind, with its config type erased so that the supervisor can hold
 /// them in one list.
-pub(super) trait Plugin: Send + Sync {
+pub(crate) trait Plugin: Send + Sync {
     /// The sink's name.
     fn name(&self) -> &'static str;
     /// Its section and the environment when it is switched on; compared
@@ -88,6 +91,11 @@ pub(super) trait Plugin: Send + Sync {
 
 struct Typed<C> {
     pick: fn(&SinksConfig) -> &C,
+}
+
+/// The entry of the sink whose section `pick` finds.
+pub(crate) fn plugin<C: SinkConfig>(pick: fn(&SinksConfig) -> &C) -> Box<dyn Plugin> {
+    Box::new(Typed { pick })
 }
 
 /// What decides a restart: the section, and the tags every sink writes.

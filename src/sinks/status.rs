@@ -97,7 +97,7 @@ pub struct Statuses {
 impl Default for Statuses {
     fn default() -> Self {
         Self {
-            names: super::registry::NAMES.to_vec(),
+            names: super::NAMES.to_vec(),
             running: Mutex::default(),
         }
     }

@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{self, Journal, Report};
-use super::registry::{Plugin, plugins};
+use super::plugins;
+use super::registry::Plugin;
 use super::{Env, SinkConfig, SinksConfig, Statuses};
 use crate::metrics::Metrics;
 use crate::sessions::journal::SinkReader;
