@@ -1117,6 +1117,46 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_of_the_previous_release_opens_with_nothing_lost() {
+        // The previous release's schema: the first two migrations.
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        let before = write_events(&mut conn, &LINES);
+        set_cursor(&conn, "influxdb", 2).unwrap();
+        drop(conn);
+        // This release migrates it at open: events, sessions, cursors stay.
+        let conn = open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        assert_eq!(events_after(&conn, 0, 10).unwrap().len(), LINES.len());
+        assert_eq!(cursor(&conn, "influxdb").unwrap(), 2);
+        let r = recover(&conn, Duration::from_secs(1800)).unwrap();
+        assert_eq!(r.state.counts("n1"), before.counts("n1"));
+        // And the new table works.
+        let mut conn = conn;
+        let apps = [(
+            "a".to_owned(),
+            crate::apps::AppInfo {
+                name: "Sales".into(),
+                stream: None,
+            },
+        )];
+        crate::apps::save(&mut conn, &apps).unwrap();
+        assert_eq!(crate::apps::load(&conn).unwrap(), apps);
+    }
+
+    #[test]
     fn a_sink_reads_after_its_cursor_and_its_backlog_is_exposed() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_in(dir.path());
