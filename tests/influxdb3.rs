@@ -95,7 +95,8 @@ fn v3_writes_butler_sos_s_v3_points_and_an_outage_loses_nothing() {
     assert_eq!(users, ["anna", "anna", "bob", "carl"]);
 
     // The summaries, with an integer counter as Butler SOS's v3 writer has it.
-    let counts = common::poll("event_count points", || {
+    let summaries = std::time::Duration::from_secs(45);
+    let counts = common::poll_for("event_count points", summaries, || {
         let rows = fake.rows("event_count");
         (!rows.is_empty()).then_some(rows)
     });
@@ -103,7 +104,7 @@ fn v3_writes_butler_sos_s_v3_points_and_an_outage_loses_nothing() {
         counts.iter().all(|r| r.fields["counter"].ends_with('i')),
         "{counts:?}"
     );
-    let summary = common::poll("user_session_summary points", || {
+    let summary = common::poll_for("user_session_summary points", summaries, || {
         fake.rows("user_session_summary").pop()
     });
     assert_eq!(summary.tags["user_session_host"], "sense-node1");

@@ -384,8 +384,14 @@ pub fn body_text(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String>
 }
 
 /// Polls `f` until it answers, or fails after [`DEADLINE`] saying `what`.
-pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + DEADLINE;
+pub fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_for(what, DEADLINE, f)
+}
+
+/// [`poll`] with a deadline of its own (the 10-second InfluxDB summaries
+/// need longer than [`DEADLINE`] under load).
+pub fn poll_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
     loop {
         if let Some(v) = f() {
             return v;
