@@ -140,15 +140,10 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
     d.wait_metric("qliksense_users_at_session_limit", 1.0);
 
     // `who --app NAME --format csv`: the people a restart of Finance affects.
-    let out = Command::new(common::bin())
-        .args(["who", "--server", &format!("http://{}", d.http)])
-        .args(["--app", "Finance", "--format", "csv"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_ok(
+        Command::new(common::bin())
+            .args(["who", "--server", &format!("http://{}", d.http)])
+            .args(["--app", "Finance", "--format", "csv"]),
     );
     let csv = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
@@ -244,22 +239,14 @@ fn discovered_proxies_serve_sessions_list_and_reconciliation() {
         r = certs.join("root.pem").display(),
     );
     let d = Daemon::start(&yaml);
-    let out = Command::new(common::bin())
-        .args([
-            "sessions",
-            "list",
-            "-c",
-            d.config.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(Command::new(common::bin()).args([
+        "sessions",
+        "list",
+        "-c",
+        d.config.to_str().unwrap(),
+        "--format",
+        "json",
+    ]));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut got: Vec<(String, String)> = list
         .as_array()

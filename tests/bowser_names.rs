@@ -80,14 +80,8 @@ fn the_fixture_is_what_bowser_says() {
         );
         return;
     }
-    let out = std::process::Command::new(node)
-        .args(["tests/bowser/generate.mjs", "--stdout"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_ok(
+        std::process::Command::new(node).args(["tests/bowser/generate.mjs", "--stdout"]),
     );
     let fixture = std::fs::read_to_string("tests/data/bowser-expected.json").unwrap();
     assert!(

@@ -407,24 +407,12 @@ fn simulated_traffic_ends_in_exactly_the_expected_state() {
     for format in ["legacy", "extended"] {
         let d = Daemon::start("blacklist:\n  - directory: INTERNAL\n");
         let report = d.dir.path().join("report.json");
-        let out = Command::new(bin())
-            .args(["simulate", "--target", &d.udp.to_string(), "--users", "40"])
-            .args([
-                "--rate",
-                "2000",
-                "--duration",
-                "2s",
-                "--format",
-                format,
-                "--report",
-            ])
-            .arg(&report)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run_ok(
+            Command::new(bin())
+                .args(["simulate", "--target", &d.udp.to_string(), "--users", "40"])
+                .args(["--rate", "2000", "--duration", "2s", "--format", format])
+                .arg("--report")
+                .arg(&report),
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.starts_with("sent "), "{stdout}");

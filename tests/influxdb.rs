@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 use common::influx::Influx;
 use common::{DEADLINE, Daemon, free_port, http_get};
 
+/// The InfluxDB 1.x sink on `port` (database senseops), plus `extra` keys.
+fn v1_sink(port: u16, extra: &str) -> String {
+    format!(
+        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{port}\"\n    database: senseops\n    flush_interval: \"100ms\"\n{extra}"
+    )
+}
+
 fn start(user: &str, origin: &str) -> String {
     let (dir, id) = user.split_once('\\').unwrap();
     format!(
@@ -335,10 +342,7 @@ fn a_missing_database_is_created_or_the_fix_is_named() {
         return;
     };
     assert!(!influx.databases().contains("senseops"));
-    let off = Daemon::start(&format!(
-        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    database: senseops\n    create_database: false\n    flush_interval: \"100ms\"\n",
-        influx.port
-    ));
+    let off = Daemon::start(&v1_sink(influx.port, "    create_database: false\n"));
     off.send_all(&[&start("LAB\\anna", "AppAccess")]);
     let detail = common::poll("the sink to say the database is missing", || {
         let v = off.json("/readyz");
@@ -353,10 +357,7 @@ fn a_missing_database_is_created_or_the_fix_is_named() {
     );
     drop(off);
 
-    let on = Daemon::start(&format!(
-        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    database: senseops\n    flush_interval: \"100ms\"\n",
-        influx.port
-    ));
+    let on = Daemon::start(&v1_sink(influx.port, ""));
     on.send_all(&[
         &start("LAB\\anna", "AppAccess"),
         &start("LAB\\bob", "AppAccess"),
@@ -388,10 +389,7 @@ fn a_database_butler_sos_wrote_takes_whosins_points_and_refusals_are_shown() {
     // Another client once wrote user_events.userId as an integer.
     let (code, body) = influx.write("user_events,host=old userId=5i\n");
     assert_eq!(code, 204, "{body}");
-    let d = Daemon::start(&format!(
-        "sinks:\n  influxdb:\n    enabled: true\n    url: \"http://127.0.0.1:{}\"\n    database: senseops\n    flush_interval: \"100ms\"\n",
-        influx.port
-    ));
+    let d = Daemon::start(&v1_sink(influx.port, ""));
     d.send_all(&[
         &start("LAB\\anna", "AppAccess"),
         &start("LAB\\bob", "AppAccess"),

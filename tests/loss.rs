@@ -33,18 +33,13 @@ fn with_no_loss_the_report_is_what_whosin_shows() {
     let d = Daemon::start("blacklist:\n  - directory: INTERNAL\n");
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let out = Command::new(common::bin())
-        .args(["simulate", "--target", &d.udp.to_string()])
-        .args(["--users", &USERS.to_string(), "--rate", &RATE.to_string()])
-        .args(["--duration", "2m", "--format", "extended", "--seed", "11"])
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_ok(
+        Command::new(common::bin())
+            .args(["simulate", "--target", &d.udp.to_string()])
+            .args(["--users", &USERS.to_string(), "--rate", &RATE.to_string()])
+            .args(["--duration", "2m", "--format", "extended", "--seed", "11"])
+            .arg("--report")
+            .arg(&report),
     );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();

@@ -383,6 +383,20 @@ pub fn body_text(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String>
     Some(text)
 }
 
+/// Runs `cmd` to its end and fails the test, with its stderr, unless it
+/// succeeded; returns its output.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} did not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Polls `f` until it answers, or fails after [`DEADLINE`] saying `what`.
 pub fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     poll_for(what, DEADLINE, f)
