@@ -2,7 +2,7 @@
 //! `cargo run --release --example state_memory -- 100000`
 use std::time::Duration;
 use whosin::ingest::parse::Parser;
-use whosin::sessions::live::LiveState;
+use whosin::live::LiveState;
 
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -52,7 +52,7 @@ fn main() {
 }
 
 fn sizes() {
-    use whosin::sessions::live::*;
+    use whosin::live::*;
     println!(
         "Session {} Connection {} UserState {} HostState {} Timestamp {}",
         std::mem::size_of::<Session>(),

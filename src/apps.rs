@@ -133,7 +133,7 @@ pub fn load(conn: &Connection) -> rusqlite::Result<Vec<(String, AppInfo)>> {
 
 /// Remembers `apps` in the journal (in one transaction).
 pub fn save(conn: &mut Connection, apps: &[(String, AppInfo)]) -> rusqlite::Result<()> {
-    let now = crate::sessions::journal::nanos(jiff::Timestamp::now());
+    let now = crate::storage::nanos(jiff::Timestamp::now());
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
@@ -187,8 +187,8 @@ mod tests {
     #[test]
     fn the_journal_keeps_the_catalogue() {
         let dir = tempfile::tempdir().unwrap();
-        let path = crate::sessions::journal::path_in(dir.path());
-        let mut conn = crate::sessions::journal::open(&path).unwrap();
+        let path = crate::storage::path_in(dir.path());
+        let mut conn = crate::storage::open(&path).unwrap();
         let apps = vec![
             ("a".to_owned(), info("One", Some("Everyone"))),
             ("b".to_owned(), info("Two", None)),

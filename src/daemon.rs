@@ -23,7 +23,8 @@ use crate::config::{self, Config};
 use crate::http::{AppState, Health};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::Metrics;
-use crate::sessions::{self, Core, CoreSettings, Input, journal};
+use crate::sessions::{self, Core, CoreSettings, Input};
+use crate::storage;
 
 /// A failure that maps to exit code 2 (bad configuration), not 1.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +101,12 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         })?;
     let http_addr: SocketAddr = listener.local_addr()?;
 
-    let journal_path = journal::path_in(&config.data_dir);
-    let conn = journal::open(&journal_path)
+    let journal_path = storage::path_in(&config.data_dir);
+    let conn = storage::open(&journal_path)
         .with_context(|| format!("cannot open the journal {}", journal_path.display()))?;
-    let recovered = journal::recover(&conn, config.sessions.idle_timeout.get())
+    let recovered = storage::recover(&conn, config.sessions.idle_timeout.get())
         .with_context(|| format!("cannot read the journal {}", journal_path.display()))?;
-    let open_sessions: usize = recovered.state.hosts().map(|(_, h)| h.sessions).sum();
+    let open_sessions = recovered.sessions.len();
     if open_sessions > 0 {
         tracing::info!("journal: {open_sessions} sessions were open at the last stop and continue");
     }
@@ -118,11 +119,13 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         }
         Err(e) => tracing::warn!("journal: cannot read the app names it keeps: {e}"),
     }
-    let journal_health = Arc::new(journal::JournalHealth::default());
+    let encoder = storage::Encoder::load(&conn)
+        .with_context(|| format!("cannot read the journal {}", journal_path.display()))?;
+    let journal_health = Arc::new(storage::JournalHealth::default());
     let (jtx, jrx) = std::sync::mpsc::channel();
-    let journal_thread = journal::spawn_writer(
+    let journal_thread = storage::spawn_writer(
         conn,
-        journal::WriterSettings {
+        storage::WriterSettings {
             window: config.journal.commit_window.get(),
             retention: config.retention.get(),
             max_uncommitted: config.journal.max_uncommitted,
@@ -164,7 +167,12 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         Arc::new(core_settings(&config)?),
         metrics.clone(),
         recovered,
-        journal::JournalSender::new(jtx, health.journal.clone(), config.journal.max_uncommitted),
+        storage::JournalSender::new(
+            jtx,
+            health.journal.clone(),
+            config.journal.max_uncommitted,
+            encoder,
+        ),
     );
     core.set_feed(feed.clone());
     // Extended format: a sequence gap reconciles that host's proxies at once.

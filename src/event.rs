@@ -56,6 +56,11 @@ impl Command {
         self as usize
     }
 
+    /// The command at [`Command::index`] `i`.
+    pub fn from_index(i: usize) -> Option<Command> {
+        Command::ALL.get(i).copied()
+    }
+
     /// Parses Qlik's command text, ignoring case and surrounding blanks.
     pub fn from_qlik(s: &str) -> Option<Command> {
         let s = s.trim();
@@ -74,6 +79,16 @@ pub enum Format {
     Extended,
 }
 
+impl Format {
+    /// The name the journal's first schema stored (`legacy`, `extended`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Legacy => "legacy",
+            Format::Extended => "extended",
+        }
+    }
+}
+
 /// Which appender sent the datagram (its message type), independent of the command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -81,6 +96,16 @@ pub enum Stream {
     Session,
     /// The connection appender.
     Connection,
+}
+
+impl Stream {
+    /// The name the journal's first schema stored (`session`, `connection`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Session => "session",
+            Stream::Connection => "connection",
+        }
+    }
 }
 
 /// Browser and operating system derived from a user agent string.
@@ -144,11 +169,17 @@ impl Event {
 
     /// The message type without slashes (`qseow-proxy-session`, ...), Butler SOS's `source`.
     pub fn source_name(&self) -> &'static str {
-        match (self.format, self.stream) {
-            (Format::Legacy, Stream::Session) => "qseow-proxy-session",
-            (Format::Legacy, Stream::Connection) => "qseow-proxy-connection",
-            (Format::Extended, Stream::Session) => "whosin-session",
-            (Format::Extended, Stream::Connection) => "whosin-connection",
-        }
+        source_name(self.format, self.stream)
+    }
+}
+
+/// The message type of a format and stream without slashes
+/// (`qseow-proxy-session`, ...), Butler SOS's `source`.
+pub fn source_name(format: Format, stream: Stream) -> &'static str {
+    match (format, stream) {
+        (Format::Legacy, Stream::Session) => "qseow-proxy-session",
+        (Format::Legacy, Stream::Connection) => "qseow-proxy-connection",
+        (Format::Extended, Stream::Session) => "whosin-session",
+        (Format::Extended, Stream::Connection) => "whosin-connection",
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod apps;
 pub mod blacklist;
+pub mod change;
 pub mod config;
 pub mod daemon;
 pub mod duration;
@@ -13,11 +14,14 @@ pub mod event;
 pub mod http;
 pub mod import;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod problems;
 pub mod qlik;
+pub mod queries;
 pub mod ratelog;
 pub mod sessions;
 pub mod simulate;
 pub mod sinks;
+pub mod storage;
 pub mod who;

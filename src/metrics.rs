@@ -15,7 +15,7 @@ use prometheus::{
 
 use crate::event::Command;
 use crate::ingest::parse::Reject;
-use crate::sessions::live::Counts;
+use crate::live::Counts;
 
 /// Session duration buckets, in seconds: 1 minute to 12 hours.
 const DURATION_BUCKETS: [f64; 11] = [

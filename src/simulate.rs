@@ -387,7 +387,7 @@ pub struct TruthSession {
 /// service accounts left out (the tour's blacklist): what whosin must show.
 pub struct Oracle {
     parser: crate::ingest::parse::Parser,
-    state: crate::sessions::live::LiveState,
+    state: crate::live::LiveState,
     hosts: Vec<String>,
 }
 
@@ -396,7 +396,7 @@ impl Oracle {
     pub fn new(hosts: &[String]) -> Self {
         Self {
             parser: crate::ingest::parse::Parser::new(),
-            state: crate::sessions::live::LiveState::new(Duration::from_secs(30 * 60)),
+            state: crate::live::LiveState::new(Duration::from_secs(30 * 60)),
             hosts: hosts.to_vec(),
         }
     }
@@ -543,7 +543,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
 mod tests {
     use super::*;
     use crate::ingest::parse::Parser;
-    use crate::sessions::live::LiveState;
+    use crate::live::LiveState;
 
     #[test]
     fn every_datagram_parses_and_the_model_matches_whosins_state() {

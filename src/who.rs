@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::sessions::query::SessionsAnswer;
+use crate::queries::SessionsAnswer;
 use anyhow::{Context, bail};
 
 /// Output format.
@@ -135,7 +135,7 @@ async fn fetch(opts: &Options) -> anyhow::Result<String> {
 
 /// Orders the sessions for the table.
 pub fn sort(a: &mut SessionsAnswer, by: Sort) {
-    let key = |s: &crate::sessions::query::SessionView| s.user.to_lowercase();
+    let key = |s: &crate::queries::SessionView| s.user.to_lowercase();
     match by {
         Sort::Host => a
             .sessions
@@ -159,7 +159,7 @@ fn human(d: Duration) -> String {
 }
 
 /// The apps of a session by name (the id while the name is unknown).
-fn app_names(s: &crate::sessions::query::SessionView) -> Vec<String> {
+fn app_names(s: &crate::queries::SessionView) -> Vec<String> {
     s.apps
         .iter()
         .map(|a| a.name.clone().unwrap_or_else(|| a.id.clone()))
@@ -282,7 +282,7 @@ pub fn table(a: &SessionsAnswer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::query::{AppView, SessionView};
+    use crate::queries::{AppView, SessionView};
     use jiff::Timestamp;
 
     #[test]

@@ -243,11 +243,11 @@ fn a_restart_changes_no_answer_and_sigkill_keeps_committed_events() {
     );
     d.send(start("n1", "LAB\\carl").as_bytes());
     d.wait_metric("qliksense_sessions_active{host=\"n1\"}", 1.0);
-    let journal = whosin::sessions::journal::path_in(&dir.path().join("data"));
+    let journal = whosin::storage::path_in(&dir.path().join("data"));
     let until = std::time::Instant::now() + common::DEADLINE;
     loop {
-        let conn = whosin::sessions::journal::open_reader(&journal).unwrap();
-        if whosin::sessions::journal::max_seq(&conn).unwrap() == 6 {
+        let conn = whosin::storage::open_reader(&journal).unwrap();
+        if whosin::storage::max_seq(&conn).unwrap() == 6 {
             break;
         }
         assert!(

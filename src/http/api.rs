@@ -18,10 +18,10 @@ use serde_json::json;
 
 use super::AppState;
 use crate::config::HumanDuration;
+use crate::live::UserKey;
+use crate::queries::{self, Filter, MAX_POINTS};
 use crate::sessions::Input;
-use crate::sessions::journal::{self, EventFilter};
-use crate::sessions::live::UserKey;
-use crate::sessions::query::{self, Filter, MAX_POINTS};
+use crate::storage::{self, EventFilter};
 
 /// Longest wait for the journal to commit before answering from what it has.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -141,7 +141,7 @@ pub(super) async fn read<T: Send + 'static>(
                 );
             }
         }
-        let conn = journal::open_reader(&path)
+        let conn = storage::open_reader(&path)
             .map_err(|e| ApiError::internal(format!("cannot open the journal: {e}")))?;
         f(&conn).map_err(|e| ApiError::internal(format!("journal query failed: {e}")))
     })
@@ -183,7 +183,7 @@ pub async fn events(State(s): State<AppState>, Query(p): Params) -> Result<Respo
         after,
     };
     let mut events = read(&s, move |c| {
-        journal::events_between(c, from, to, &ef, limit + 1)
+        storage::events_between(c, from, to, &ef, limit + 1)
     })
     .await?;
     let next = if events.len() > limit {
@@ -230,7 +230,7 @@ pub async fn concurrency(
     }
     let app_ids = p.get("app").map(|a| s.apps.ids_named(a));
     let answer = read(&s, move |c| match &app_ids {
-        Some(ids) => crate::sessions::inventory::app_concurrency(
+        Some(ids) => crate::queries::inventory::app_concurrency(
             c,
             from,
             to,
@@ -239,7 +239,7 @@ pub async fn concurrency(
             f.host.as_deref(),
             ids,
         ),
-        None => query::concurrency(c, from, to, step.get(), step_text, &f),
+        None => queries::concurrency(c, from, to, step.get(), step_text, &f),
     })
     .await?;
     Ok(Json(answer).into_response())

@@ -12,9 +12,9 @@ use serde_json::json;
 use super::AppState;
 use super::api::{ApiError, Params, filter, known, read, time_param};
 use crate::apps::Apps;
-use crate::sessions::inventory;
-use crate::sessions::journal::StoredEvent;
-use crate::sessions::query::{self, SessionsAnswer};
+use crate::queries::inventory;
+use crate::queries::{self, SessionsAnswer};
+use crate::storage::StoredEvent;
 
 /// Fills in the names and streams of the apps in `answer`.
 pub fn name_sessions(answer: &mut SessionsAnswer, apps: &Apps) {
@@ -53,11 +53,11 @@ pub fn name_events(events: &mut [StoredEvent], apps: &Apps) {
 async fn sessions(
     s: &AppState,
     at: Option<jiff::Timestamp>,
-    f: query::Filter,
+    f: queries::Filter,
 ) -> Result<SessionsAnswer, ApiError> {
     let mut answer = read(s, move |c| match at {
-        Some(at) => query::sessions_at(c, at, &f),
-        None => query::sessions_now(c, &f),
+        Some(at) => queries::sessions_at(c, at, &f),
+        None => queries::sessions_now(c, &f),
     })
     .await?;
     name_sessions(&mut answer, &s.apps);
@@ -77,7 +77,7 @@ pub async fn apps(State(s): State<AppState>, Query(p): Params) -> Result<Respons
 pub async fn limits(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
     known(&p, &["at"])?;
     let at = time_param(&p, "at")?;
-    let answer = sessions(&s, at, query::Filter::default()).await?;
+    let answer = sessions(&s, at, queries::Filter::default()).await?;
     let limit = s.per_user_limit.load(Ordering::Relaxed);
     Ok(Json(json!({
         "at": answer.at,

@@ -27,7 +27,7 @@ pub struct Health {
     /// Where the journal lives; ready only while it is writable.
     pub data_dir: PathBuf,
     /// The journal writer's last error, if its last commit failed.
-    pub journal: Arc<crate::sessions::journal::JournalHealth>,
+    pub journal: Arc<crate::storage::JournalHealth>,
     /// Every sink and what it reports.
     pub sinks: Arc<crate::sinks::Statuses>,
 }

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::sessions::feed::HostSnapshot;
-use crate::sessions::journal;
+use crate::storage;
 
 /// Most streams open at once; more are refused with 503.
 pub const MAX_STREAMS: usize = 64;
@@ -114,7 +114,7 @@ fn state_event(host: &str, snap: &HostSnapshot, at: jiff::Timestamp) -> Event {
 /// Feeds one client until it goes away or whosin stops.
 async fn pump(s: AppState, tx: Tx, start: Start) {
     let path = s.journal_path.clone();
-    let conn = tokio::task::spawn_blocking(move || journal::open_reader(&path)).await;
+    let conn = tokio::task::spawn_blocking(move || storage::open_reader(&path)).await;
     let Ok(Ok(conn)) = conn else {
         let _ = tx
             .send(Ok(Event::default()
@@ -129,7 +129,7 @@ async fn pump(s: AppState, tx: Tx, start: Start) {
         Start::After(_) | Start::Recent(_) => {
             let c = conn.clone();
             let max = tokio::task::spawn_blocking(move || {
-                journal::max_seq(&c.lock().unwrap_or_else(|p| p.into_inner()))
+                storage::max_seq(&c.lock().unwrap_or_else(|p| p.into_inner()))
             })
             .await;
             let max = match max {
@@ -159,7 +159,7 @@ async fn pump(s: AppState, tx: Tx, start: Start) {
             let c = conn.clone();
             let from = after;
             let batch = tokio::task::spawn_blocking(move || {
-                journal::events_after(&c.lock().unwrap_or_else(|p| p.into_inner()), from, CHUNK)
+                storage::events_after(&c.lock().unwrap_or_else(|p| p.into_inner()), from, CHUNK)
             })
             .await;
             let Ok(Ok(mut batch)) = batch else { break };

@@ -19,7 +19,7 @@ use super::qrs::Qrs;
 use crate::apps::Apps;
 use crate::config::QlikConfig;
 use crate::metrics::Metrics;
-use crate::sessions::journal;
+use crate::storage;
 
 /// How often the journal is looked at for new app ids.
 const POLL: Duration = Duration::from_secs(1);
@@ -49,7 +49,7 @@ pub async fn run(
         qrs.describe(),
         humanize(every)
     );
-    let reader = match journal::open_reader(&journal_path) {
+    let reader = match storage::open_reader(&journal_path) {
         Ok(c) => Arc::new(std::sync::Mutex::new(c)),
         Err(e) => {
             tracing::error!("app names are off: cannot read the journal: {e}");
@@ -60,7 +60,7 @@ pub async fn run(
     let mut last_seq = {
         let r = reader.clone();
         tokio::task::spawn_blocking(move || {
-            journal::max_seq(&r.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(0)
+            storage::max_seq(&r.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(0)
         })
         .await
         .unwrap_or(0)
@@ -121,22 +121,12 @@ pub async fn run(
         let from = last_seq;
         let found = tokio::task::spawn_blocking(move || {
             let conn = r.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn.prepare_cached(
-                "SELECT (SELECT max(seq) FROM events),
-                        (SELECT group_concat(DISTINCT app_id) FROM events
-                         WHERE seq > ?1 AND app_id IS NOT NULL)",
-            )?;
-            stmt.query_row([from as i64], |row| {
-                Ok((
-                    row.get::<_, Option<i64>>(0)?,
-                    row.get::<_, Option<String>>(1)?,
-                ))
-            })
+            storage::apps_after(&conn, from)
         })
         .await;
-        if let Ok(Ok((Some(max), ids))) = found {
-            last_seq = last_seq.max(max as u64);
-            for id in ids.unwrap_or_default().split(',') {
+        if let Ok(Ok((max, ids))) = found {
+            last_seq = last_seq.max(max);
+            for id in ids {
                 let id = id.to_ascii_lowercase();
                 if !id.is_empty() && !apps.knows(&id) && unanswered.insert(id) {
                     wanted = true;
@@ -149,7 +139,7 @@ pub async fn run(
 async fn save(path: &std::path::Path, list: Vec<(String, crate::apps::AppInfo)>) {
     let path = path.to_owned();
     let done = tokio::task::spawn_blocking(move || {
-        let mut conn = journal::open_reader(&path)?;
+        let mut conn = storage::open_reader(&path)?;
         crate::apps::save(&mut conn, &list)
     })
     .await;

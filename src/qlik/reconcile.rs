@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Qps, describe};
 use crate::config::QlikConfig;
+use crate::live::ProxyEntry;
 use crate::metrics::Metrics;
-use crate::sessions::live::ProxyEntry;
 use crate::sessions::{Input, Reconciliation};
 
 /// The first comparison, soon after start: whosin may have missed logins

@@ -68,7 +68,7 @@ impl Feed {
 }
 
 /// The snapshot of one host of `state`.
-pub fn host_snapshot(state: &super::live::LiveState, host: &str) -> HostSnapshot {
+pub fn host_snapshot(state: &crate::live::LiveState, host: &str) -> HostSnapshot {
     let counts = state.counts(host);
     let mut user_list: Vec<String> = state
         .host(host)

@@ -6,10 +6,6 @@
 //! lock-free on the hot path; readers (the HTTP API) will get snapshots.
 
 pub mod feed;
-pub mod inventory;
-pub mod journal;
-pub mod live;
-pub mod query;
 
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -21,8 +17,9 @@ use jiff::Timestamp;
 
 use crate::blacklist::Blacklist;
 use crate::event::{Command, Event, Stream};
+use crate::live::{self, Ended, LiveState, UserKey};
 use crate::metrics::{HostMetrics, Metrics};
-use live::{Ended, LiveState, UserKey};
+use crate::storage;
 
 /// Most distinct hosts tracked. A Qlik site has a handful of proxy nodes, a
 /// large one dozens; events naming further hosts are rejected as
@@ -90,8 +87,7 @@ pub struct Core {
     metrics: Arc<Metrics>,
     hosts: HashMap<String, HostMetrics>,
     last_seq: HashMap<(String, Stream), u64>,
-    journal: Option<journal::JournalSender>,
-    outbox: Vec<journal::Write>,
+    journal: Option<storage::JournalSender>,
     next_seq: u64,
     feed: Option<Arc<feed::Feed>>,
     /// Hosts whose state changed since the feed was last refreshed.
@@ -117,7 +113,6 @@ impl Core {
             hosts: HashMap::default(),
             last_seq: HashMap::default(),
             journal: None,
-            outbox: Vec::new(),
             next_seq: 1,
             feed: None,
             dirty: Default::default(),
@@ -138,12 +133,11 @@ impl Core {
     pub fn with_journal(
         settings: Arc<CoreSettings>,
         metrics: Arc<Metrics>,
-        recovered: journal::Recovered,
-        tx: journal::JournalSender,
+        recovered: storage::Recovered,
+        tx: storage::JournalSender,
     ) -> Self {
         let mut core = Self::new(settings, metrics);
-        core.state = recovered.state;
-        core.state.set_idle_timeout(core.settings.idle_timeout);
+        core.state = LiveState::restored(&recovered, core.settings.idle_timeout);
         core.next_seq = recovered.next_seq;
         core.journal = Some(tx);
         let hosts: Vec<String> = core.state.hosts().map(|(h, _)| h.clone()).collect();
@@ -214,10 +208,11 @@ impl Core {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.journal.is_some() {
-            self.outbox.push(journal::Write::Event(seq, Box::new(ev)));
-            self.outbox
-                .extend(outcome.changes.into_iter().map(journal::Write::Change));
+        if let Some(j) = &mut self.journal {
+            j.event(seq, &ev);
+            for c in outcome.changes {
+                j.change(c);
+            }
         }
         if grows {
             self.enforce_cap(received_at);
@@ -227,17 +222,15 @@ impl Core {
 
     /// Hands what the last input produced to the journal, in one message.
     pub fn send_outbox(&mut self) {
-        if let Some(j) = &self.journal
-            && !self.outbox.is_empty()
-        {
-            j.send(std::mem::take(&mut self.outbox));
+        if let Some(j) = &mut self.journal {
+            j.send();
         }
     }
 
     /// Asks the journal to commit and answer on `reply` (at once when there is none).
     pub fn flush(&mut self, reply: Sender<Result<(), String>>) {
         self.send_outbox();
-        match &self.journal {
+        match &mut self.journal {
             Some(j) => {
                 j.flush(reply);
             }
@@ -284,9 +277,10 @@ impl Core {
         m.with_label_values(&["ended"]).inc_by(fixes.ended as u64);
         m.with_label_values(&["started"])
             .inc_by(fixes.started as u64);
-        if self.journal.is_some() {
-            self.outbox
-                .extend(outcome.changes.into_iter().map(journal::Write::Change));
+        if let Some(j) = &mut self.journal {
+            for c in outcome.changes {
+                j.change(c);
+            }
         }
         fixes
     }
@@ -295,9 +289,10 @@ impl Core {
     pub fn tick(&mut self, now: Timestamp) {
         let outcome = self.state.expire(now);
         self.record_ended(&outcome.ended);
-        if self.journal.is_some() {
-            self.outbox
-                .extend(outcome.changes.into_iter().map(journal::Write::Change));
+        if let Some(j) = &mut self.journal {
+            for c in outcome.changes {
+                j.change(c);
+            }
         }
         if let Some(feed) = &self.feed {
             for host in self.dirty.drain() {
@@ -329,9 +324,10 @@ impl Core {
             );
         }
         self.record_ended(&outcome.ended);
-        if self.journal.is_some() {
-            self.outbox
-                .extend(outcome.changes.into_iter().map(journal::Write::Change));
+        if let Some(j) = &mut self.journal {
+            for c in outcome.changes {
+                j.change(c);
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivered, Refused, Settled, Sink, SinkError, SinkStatus, Statuses};
-use crate::sessions::journal::{SinkReader, StoredEvent};
+use crate::storage::{SinkReader, StoredEvent};
 
 /// First wait after a failure; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);

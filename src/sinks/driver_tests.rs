@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::ingest::parse::Parser;
-use crate::sessions::journal::{self, Write};
 use crate::sinks::{Batch, Delivered, Refused, Settled, Sink, SinkError, Statuses};
+use crate::storage::{self, Write};
 
 /// What the test sink does with the next batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,19 +117,19 @@ struct Rig {
 const LINE: &str = "/qseow-proxy-session/;n1;Start session;LAB;anna;AppAccess;/hub/;Start";
 
 fn add_events(path: &std::path::Path, from: u64, n: u64) {
-    let mut conn = journal::open(path).unwrap();
+    let mut conn = storage::open(path).unwrap();
     let ev = Parser::new()
         .parse(LINE.as_bytes(), jiff::Timestamp::now())
         .unwrap();
     let rows: Vec<Write> = (from..from + n)
         .map(|seq| Write::Event(seq, Box::new(ev.clone())))
         .collect();
-    journal::write_batch(&mut conn, &rows).unwrap();
+    storage::write_batch(&mut conn, &rows).unwrap();
 }
 
 fn rig(events: u64, pipeline: usize, mode: Mode) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let path = journal::path_in(dir.path());
+    let path = storage::path_in(dir.path());
     add_events(&path, 1, events);
     let shared = Arc::new(Mutex::new(Shared {
         mode: Some(mode),
@@ -144,7 +144,7 @@ fn rig(events: u64, pipeline: usize, mode: Mode) -> Rig {
         pipeline,
         settle_rx,
     };
-    let reader = journal::SinkReader::open(&path, "test").unwrap();
+    let reader = storage::SinkReader::open(&path, "test").unwrap();
     let report = Report::new("test", "test", &metrics, statuses.clone());
     let task = tokio::spawn(run(sink, Journal::new(reader), report, stop.clone()));
     Rig {
@@ -161,7 +161,7 @@ fn rig(events: u64, pipeline: usize, mode: Mode) -> Rig {
 
 impl Rig {
     fn cursor(&self) -> u64 {
-        journal::SinkReader::open(&self.path, "test")
+        storage::SinkReader::open(&self.path, "test")
             .unwrap()
             .cursor()
             .unwrap()

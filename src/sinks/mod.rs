@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::problems::Scope;
-use crate::sessions::journal::StoredEvent;
+use crate::storage::StoredEvent;
 
 pub use driver::Journal;
 pub use registry::PrometheusConfig;

@@ -16,7 +16,7 @@ use super::plugins;
 use super::registry::Plugin;
 use super::{Env, SinkConfig, SinksConfig, Statuses};
 use crate::metrics::Metrics;
-use crate::sessions::journal::SinkReader;
+use crate::storage::SinkReader;
 
 /// What the sinks take from the config: their sections and the tags.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -12,16 +12,29 @@ pub mod line;
 pub mod schema;
 pub mod summaries;
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::task::JoinHandle;
 
 pub use config::InfluxConfig;
 use schema::{Version, user_event};
 
-use crate::sinks::{Batch, Delivered, Env, Journal, Refused, Sink, SinkError, deliver_split};
+use crate::sinks::{
+    Batch, Delivered, Env, Journal, Refused, Settled, Sink, SinkError, deliver_split,
+};
+
+/// Batches posted and not yet answered. While InfluxDB parses and stores
+/// one batch, the next ones are read from the journal, encoded and on their
+/// way: the sink's rate is then the server's, not the sum of both sides'.
+const PIPELINE: usize = 3;
 
 /// The InfluxDB sink.
 pub struct InfluxSink {
-    writer: http::Writer,
+    writer: Arc<http::Writer>,
+    /// The posts in flight, oldest first (answers are confirmed in order).
+    posts: VecDeque<JoinHandle<Result<Option<Refused>, SinkError>>>,
     version: Version,
     tags: Vec<(String, String)>,
     apps: std::sync::Arc<crate::apps::Apps>,
@@ -45,40 +58,45 @@ impl InfluxSink {
             apps: env.apps.clone(),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval.get(),
-            writer: http::Writer::new(config)?,
+            writer: Arc::new(http::Writer::new(config)?),
+            posts: VecDeque::new(),
             summaries_ready: false,
         })
     }
+}
 
-    /// Writes `lines`; a missing database (version 1) is created once when
-    /// the config allows it.
-    async fn write(&self, lines: &[String]) -> Result<Option<Refused>, SinkError> {
-        match deliver_split(&self.writer, lines).await {
-            Err(SinkError(msg)) if msg.starts_with(http::MISSING) => {
-                let msg = &msg[http::MISSING.len()..];
-                if !self.writer.may_create() {
-                    return Err(SinkError(format!(
-                        "{msg} (create the database, or set sinks.influxdb.create_database: true)"
-                    )));
-                }
-                match self.writer.create_database().await {
-                    Ok(()) => {
-                        tracing::info!("influxdb: created the database on {}", self.writer.shown());
-                        deliver_split(&self.writer, lines).await
-                    }
-                    Err(e) => Err(SinkError(format!(
-                        "{msg}; and it cannot be created: {e} (create it, or give the user admin rights)"
-                    ))),
-                }
+/// Writes `lines`; a missing database (version 1) is created once when the
+/// config allows it.
+async fn write(writer: &http::Writer, lines: &[String]) -> Result<Option<Refused>, SinkError> {
+    match deliver_split(writer, lines).await {
+        Err(SinkError(msg)) if msg.starts_with(http::MISSING) => {
+            let msg = &msg[http::MISSING.len()..];
+            if !writer.may_create() {
+                return Err(SinkError(format!(
+                    "{msg} (create the database, or set sinks.influxdb.create_database: true)"
+                )));
             }
-            other => other,
+            match writer.create_database().await {
+                Ok(()) => {
+                    tracing::info!("influxdb: created the database on {}", writer.shown());
+                    deliver_split(writer, lines).await
+                }
+                Err(e) => Err(SinkError(format!(
+                    "{msg}; and it cannot be created: {e} (create it, or give the user admin rights)"
+                ))),
+            }
         }
+        other => other,
     }
 }
 
 impl Sink for InfluxSink {
     fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    fn pipeline(&self) -> usize {
+        PIPELINE
     }
 
     fn idle_interval(&self) -> Duration {
@@ -100,7 +118,30 @@ impl Sink for InfluxSink {
                 l
             })
             .collect();
-        Ok(Delivered::Done(self.write(&lines).await?))
+        let writer = self.writer.clone();
+        self.posts
+            .push_back(tokio::spawn(async move { write(&writer, &lines).await }));
+        Ok(Delivered::Pending)
+    }
+
+    async fn settled(&mut self) -> Result<Settled, SinkError> {
+        let Some(post) = self.posts.front_mut() else {
+            return std::future::pending().await;
+        };
+        // Cancel-safe: the handle stays queued until it has answered.
+        let answer = post.await;
+        self.posts.pop_front();
+        let refused = answer.map_err(|e| SinkError(format!("the post failed: {e}")))??;
+        Ok(Settled {
+            batches: 1,
+            refused,
+        })
+    }
+
+    async fn reset(&mut self) {
+        for p in self.posts.drain(..) {
+            p.abort();
+        }
     }
 
     async fn idle(&mut self, journal: &Journal) -> Result<Option<Refused>, SinkError> {
@@ -112,10 +153,10 @@ impl Sink for InfluxSink {
             journal
                 .with(|r| {
                     let conn = r.conn();
-                    if crate::sessions::journal::cursor(conn, SUMMARY_CURSOR)? == 0 {
+                    if crate::storage::cursor(conn, SUMMARY_CURSOR)? == 0 {
                         let now = jiff::Timestamp::now().as_second().max(0) as u64;
                         let from = now.saturating_sub(60);
-                        crate::sessions::journal::set_cursor(
+                        crate::storage::set_cursor(
                             conn,
                             SUMMARY_CURSOR,
                             from / SUMMARY_EVERY_S * SUMMARY_EVERY_S,
@@ -139,9 +180,9 @@ impl Sink for InfluxSink {
         // Split into points, so that a point InfluxDB refuses for good is
         // skipped like a bad event instead of holding every later summary back.
         let lines: Vec<String> = body.split_inclusive('\n').map(str::to_owned).collect();
-        let refused = self.write(&lines).await?;
+        let refused = write(&self.writer, &lines).await?;
         journal
-            .with(move |r| crate::sessions::journal::set_cursor(r.conn(), SUMMARY_CURSOR, upto))
+            .with(move |r| crate::storage::set_cursor(r.conn(), SUMMARY_CURSOR, upto))
             .await
             .map_err(SinkError)?;
         Ok(refused)

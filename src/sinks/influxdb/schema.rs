@@ -11,7 +11,7 @@
 //! Browser and OS values are Bowser's, as Butler SOS writes them.
 
 use super::line::{Field, write_point};
-use crate::sessions::journal::{StoredEvent, nanos};
+use crate::storage::{StoredEvent, nanos};
 
 /// Which field names a version gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,14 +63,8 @@ pub fn point_time(ev: &StoredEvent) -> i64 {
 }
 
 /// The Qlik command as Qlik writes it, from the event label.
-pub fn event_action(label: &str) -> &str {
-    match label {
-        "session_start" => "Start session",
-        "session_stop" => "Stop session",
-        "connection_open" => "Open connection",
-        "connection_close" => "Close connection",
-        other => other,
-    }
+pub fn event_action(c: &crate::event::Command) -> &'static str {
+    c.qlik_name()
 }
 
 /// Appends the `user_events` point of `ev` to `out`.
@@ -153,11 +147,11 @@ fn v3_clean(v: &str) -> String {
 pub fn session_summary(
     out: &mut String,
     host: &str,
-    sessions: &[&crate::sessions::query::SessionView],
+    sessions: &[&crate::queries::SessionView],
     time_ns: i64,
     extra_tags: &[(&str, &str)],
 ) {
-    let mut groups: std::collections::BTreeMap<&str, Vec<&crate::sessions::query::SessionView>> =
+    let mut groups: std::collections::BTreeMap<&str, Vec<&crate::queries::SessionView>> =
         std::collections::BTreeMap::new();
     for s in sessions {
         groups
@@ -242,7 +236,7 @@ pub fn event_count(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::journal::EventDetail;
+    use crate::storage::EventDetail;
     use influxdb_line_protocol::{FieldValue, parse_lines};
     use jiff::Timestamp;
 
@@ -253,7 +247,7 @@ mod tests {
             time: t,
             received_at: t,
             host: "sense-node1".into(),
-            event: "connection_open".into(),
+            event: crate::event::Command::ConnectionOpen,
             user: "LAB\\anna".into(),
             user_directory: "LAB".into(),
             user_id: "anna".into(),
@@ -269,7 +263,7 @@ mod tests {
                 browser_major: Some("131".into()),
                 os_name: Some("Windows".into()),
                 os_version: Some("10".into()),
-                message_type: "qseow-proxy-connection".into(),
+                stream: crate::event::Stream::Connection,
                 ..Default::default()
             },
         }
@@ -303,7 +297,7 @@ mod tests {
 
     #[test]
     fn summaries_split_by_virtual_proxy_once_known() {
-        use crate::sessions::query::SessionView;
+        use crate::queries::SessionView;
         let view = |user: &str, vp: Option<&str>| SessionView {
             host: "n1".into(),
             user_directory: "LAB".into(),

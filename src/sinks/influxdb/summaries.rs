@@ -2,7 +2,7 @@
 //! computed from the journal for every 10-second boundary, so an outage loses
 //! none of them either.
 
-use crate::sessions::journal::SinkReader;
+use crate::storage::SinkReader;
 
 /// The cursor of the periodic summaries: the end (Unix seconds) of the last
 /// interval written.
@@ -23,8 +23,8 @@ pub fn summaries(
     now: jiff::Timestamp,
     version: super::schema::Version,
 ) -> rusqlite::Result<Option<(String, u64)>> {
-    use crate::sessions::journal::{cursor, nanos, set_cursor};
-    use crate::sessions::query::{Filter, sessions_at};
+    use crate::storage::{cursor, nanos, set_cursor};
+    use crate::queries::{Filter, sessions_at};
     let conn = r.conn();
     // Leave a second for the journal's commit window to close.
     let due = (now.as_second().max(1) as u64 - 1) / SUMMARY_EVERY_S * SUMMARY_EVERY_S;
@@ -45,38 +45,44 @@ pub fn summaries(
         let answer = sessions_at(conn, at, &Filter::default())?;
         let mut hosts: std::collections::BTreeMap<
             String,
-            Vec<&crate::sessions::query::SessionView>,
+            Vec<&crate::queries::SessionView>,
         > = Default::default();
         for s in &answer.sessions {
             hosts.entry(s.host.clone()).or_default().push(s);
         }
+        // Grouped by the dictionary ids, then named: the kind's stream and
+        // format bits make Butler SOS's `source`.
         let mut stmt = conn.prepare_cached(
-            "SELECT format, stream, host, origin, count(*) FROM events
-             WHERE time > ?1 AND time <= ?2 GROUP BY 1, 2, 3, 4",
+            "SELECT g.kind, h.name AS host, o.text AS origin, g.n
+             FROM (SELECT kind & 12 AS kind, host, origin, count(*) AS n FROM events
+                   WHERE time > ?1 AND time <= ?2 GROUP BY 1, 2, 3) g
+             JOIN hosts h ON h.id = g.host JOIN texts o ON o.id = g.origin",
         )?;
         let counts = stmt.query_map(
             rusqlite::params![t - (SUMMARY_EVERY_S as i64) * 1_000_000_000, t],
             |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>("kind")?,
+                    row.get::<_, String>("host")?,
+                    row.get::<_, String>("origin")?,
+                    row.get::<_, i64>("n")?,
                 ))
             },
         )?;
+        // The same host or origin may be stored under two ids (a dictionary
+        // that started over): add those up.
+        let mut merged: std::collections::BTreeMap<(&'static str, String, String), i64> =
+            Default::default();
         for c in counts {
-            let (format, stream, host, origin, count) = c?;
-            let prefix = if format == "extended" {
-                "whosin"
-            } else {
-                "qseow-proxy"
-            };
-            let source = format!("{prefix}-{stream}");
+            let (kind, host, origin, count) = c?;
+            let (_, stream, format) = crate::storage::read::decode_kind(kind);
+            let source = crate::event::source_name(format, stream);
+            *merged.entry((source, host, origin)).or_default() += count;
+        }
+        for ((source, host, origin), count) in merged {
             super::schema::event_count(
                 &mut body,
-                &source,
+                source,
                 &host,
                 &origin,
                 count as u64,

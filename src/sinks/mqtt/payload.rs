@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::MqttTopics;
 use crate::sessions::feed::HostSnapshot;
-use crate::sessions::journal::StoredEvent;
+use crate::storage::StoredEvent;
 use crate::sinks::influxdb::schema::{UNKNOWN_APP_NAME, event_action};
 
 /// Butler SOS's user event payload, plus `userFull`, `seq` and `timestamp`.
@@ -58,7 +58,7 @@ pub fn payload(
     let d = &ev.detail;
     let ua = d.bowser();
     serde_json::to_string(&Payload {
-        message_type: &d.message_type,
+        message_type: d.message_type(),
         host: &ev.host,
         command: event_action(&ev.event),
         user_dir: &ev.user_directory,
@@ -85,12 +85,12 @@ pub fn payload(
 
 /// The topics `ev` goes to: `all`, then its command's (each unless `null`).
 pub fn topics<'t>(ev: &StoredEvent, t: &'t MqttTopics) -> impl Iterator<Item = &'t str> {
-    let own = match ev.event.as_str() {
-        "session_start" => &t.session_start,
-        "session_stop" => &t.session_stop,
-        "connection_open" => &t.connection_open,
-        "connection_close" => &t.connection_close,
-        _ => &None,
+    use crate::event::Command;
+    let own = match ev.event {
+        Command::SessionStart => &t.session_start,
+        Command::SessionStop => &t.session_stop,
+        Command::ConnectionOpen => &t.connection_open,
+        Command::ConnectionClose => &t.connection_close,
     };
     [t.all.as_deref(), own.as_deref()].into_iter().flatten()
 }
@@ -130,7 +130,7 @@ pub fn state_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::journal::EventDetail;
+    use crate::storage::EventDetail;
 
     fn event() -> StoredEvent {
         StoredEvent {
@@ -138,7 +138,7 @@ mod tests {
             time: "2026-11-21T10:42:00.1234567Z".parse().unwrap(),
             received_at: "2026-11-21T10:42:00.2Z".parse().unwrap(),
             host: "sense-node1".into(),
-            event: "connection_open".into(),
+            event: crate::event::Command::ConnectionOpen,
             user: "LAB\\anna".into(),
             user_directory: "LAB".into(),
             user_id: "anna".into(),
@@ -151,12 +151,13 @@ mod tests {
             message: "Open connection \"quote\"".into(),
             detail: EventDetail {
                 source_time: None,
-                message_type: "qseow-proxy-connection".into(),
+                stream: crate::event::Stream::Connection,
                 browser_name: Some("Chrome".into()),
                 browser_major: Some("131".into()),
                 os_name: Some("Windows".into()),
                 os_version: Some("10".into()),
                 proxy_session_id: None,
+                ..Default::default()
             },
         }
     }
@@ -178,7 +179,7 @@ mod tests {
         let mut ev = event();
         ev.app_id = None;
         ev.detail = EventDetail {
-            message_type: "qseow-proxy-session".into(),
+            stream: crate::event::Stream::Session,
             ..Default::default()
         };
         ev.time = "2026-11-21T10:42:00Z".parse().unwrap();

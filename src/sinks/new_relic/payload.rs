@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use sha3::digest::{ExtendableOutput, Update, XofReader};
 
-use crate::sessions::journal::StoredEvent;
+use crate::storage::StoredEvent;
 use crate::sinks::influxdb::schema::{UNKNOWN_APP_NAME, event_action};
 
 /// The hex of a shake256 hash with 8 bytes of output, as Butler SOS's
@@ -75,7 +75,7 @@ pub fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::journal::EventDetail;
+    use crate::storage::EventDetail;
 
     #[test]
     fn scrambling_matches_butler_sos() {
@@ -93,7 +93,7 @@ mod tests {
             time: t,
             received_at: t,
             host: "pro2-win1".into(),
-            event: "connection_open".into(),
+            event: crate::event::Command::ConnectionOpen,
             user: "LAB\\goran".into(),
             user_directory: "LAB".into(),
             user_id: "goran".into(),

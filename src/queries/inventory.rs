@@ -8,8 +8,8 @@ use jiff::Timestamp;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::journal::{from_nanos, nanos};
-use super::query::{ConcurrencyAnswer, Point, SessionsAnswer};
+use crate::queries::{ConcurrencyAnswer, Point, SessionsAnswer};
+use crate::storage::{from_nanos, nanos};
 
 /// One app in `/api/v1/apps`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -132,7 +132,7 @@ pub fn app_concurrency(
 ) -> rusqlite::Result<ConcurrencyAnswer> {
     let (lo, hi) = (nanos(from), nanos(to));
     let mut stmt = conn.prepare_cached(
-        "SELECT host, user_key, opened_at, closed_at FROM connections
+        "SELECT host, user_key, opened_at, closed_at FROM connections_v
          WHERE opened_at <= ?2 AND (closed_at IS NULL OR closed_at > ?1)
            AND (?3 IS NULL OR host = ?3)
            AND lower(app_id) IN (SELECT value FROM json_each(?4))",
@@ -162,7 +162,7 @@ pub fn app_concurrency(
         }
     }
     changes.sort_unstable();
-    let instants = super::query::instants(lo, hi, step);
+    let instants = crate::queries::instants(lo, hi, step);
     let mut conns: i64 = 0;
     let mut per_user: BTreeMap<u32, u32> = BTreeMap::new();
     let mut per_pair: BTreeMap<u32, u32> = BTreeMap::new();
@@ -222,7 +222,7 @@ pub fn app_concurrency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::query::{AppView, SessionView};
+    use crate::queries::{AppView, SessionView};
 
     fn session(host: &str, user: &str, apps: &[(&str, usize)]) -> SessionView {
         SessionView {

@@ -1,0 +1,252 @@
+//! The journal's tables, and the migrations that made them.
+//!
+//! `PRAGMA user_version` is how many migrations ran. Migrations 1-3 are the
+//! first release's schema (one wide row per event, its text stored again each
+//! time); migration 4 is the compact journal: every string that repeats is
+//! stored once in a dictionary table and rows hold small integers. Migration
+//! 4 renames the old tables (`v3_*`); [`super::migrate`] then copies their rows
+//! into the new ones and drops them, resumably, before the journal is used.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// Schema migrations, applied in order.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: events, sessions, connections, sink cursors.
+    "
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        source_time INTEGER,
+        source_seq INTEGER,
+        format TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        host TEXT NOT NULL,
+        command TEXT NOT NULL,
+        user_directory TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        context TEXT NOT NULL,
+        app_id TEXT,
+        proxy_session_id TEXT,
+        message TEXT NOT NULL,
+        browser TEXT,
+        browser_major TEXT,
+        os TEXT,
+        os_version TEXT
+    );
+    CREATE INDEX events_time ON events(time);
+    CREATE INDEX events_user ON events(user_key, time);
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        user_directory TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        proxy_session_id TEXT,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        end_reason TEXT,
+        implied INTEGER NOT NULL,
+        browser TEXT,
+        browser_major TEXT,
+        os TEXT,
+        os_version TEXT
+    );
+    CREATE INDEX sessions_start ON sessions(started_at);
+    CREATE INDEX sessions_end ON sessions(ended_at);
+    CREATE INDEX sessions_user ON sessions(user_key, started_at);
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        app_key TEXT NOT NULL,
+        app_id TEXT,
+        proxy_session_id TEXT,
+        opened_at INTEGER NOT NULL,
+        closed_at INTEGER,
+        close_reason TEXT
+    );
+    CREATE INDEX connections_open ON connections(opened_at);
+    CREATE INDEX connections_close ON connections(closed_at);
+    -- Which intervals contain an instant is a stabbing query that a B-tree
+    -- answers only by scanning; an R*Tree over [start, end] answers it in
+    -- O(log n + answer). Only ended intervals go in (an open one would be a box
+    -- reaching to the end of time, which slows every search and insert); open
+    -- ones are few and found by their NULL end. Coordinates are seconds
+    -- (SQLite stores them as 32-bit floats, rounded outward), so the R*Tree
+    -- narrows and the exact nanosecond columns decide.
+    CREATE VIRTUAL TABLE sessions_span USING rtree(id, start_s, end_s);
+    CREATE VIRTUAL TABLE connections_span USING rtree(id, start_s, end_s);
+    CREATE TABLE sink_cursors (
+        sink TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    );
+    ",
+    // 2: what reconciliation with the Qlik proxy API learns and does.
+    "
+    ALTER TABLE sessions ADD COLUMN reconciled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN virtual_proxy TEXT;
+    ",
+    // 3: app names and streams from the Qlik repository (src/apps.rs).
+    "
+    CREATE TABLE apps (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        stream TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    ",
+    // 4: the compact journal. The old tables keep their rows under new names
+    // until `migrate` has copied them. Session and connection ids stay, so the
+    // R*Trees of ended intervals stay as they are.
+    "
+    ALTER TABLE events RENAME TO v3_events;
+    ALTER TABLE sessions RENAME TO v3_sessions;
+    ALTER TABLE connections RENAME TO v3_connections;
+    DROP INDEX events_user;
+    DROP INDEX sessions_user;
+    -- Dictionaries: each distinct value once. Nothing here is unique or
+    -- indexed by value (the writer keeps the lookup in memory), so a new
+    -- value is an append; a value may appear twice (after a restart, or when
+    -- the writer's memory of them starts over), which readers do not mind.
+    CREATE TABLE hosts (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        directory TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        key TEXT NOT NULL
+    );
+    CREATE INDEX users_by_key ON users(key);
+    CREATE TABLE agents (
+        id INTEGER PRIMARY KEY,
+        browser TEXT,
+        browser_major TEXT,
+        os TEXT,
+        os_version TEXT
+    );
+    -- What a connection is to: the app id, or the context's path without one.
+    CREATE TABLE targets (id INTEGER PRIMARY KEY, key TEXT NOT NULL, app_id TEXT);
+    -- Origins, contexts, messages (the user's name replaced by U+0001) and
+    -- proxy session ids. Numbered in generations: rows of one generation
+    -- refer only to its texts, so retention drops whole generations.
+    CREATE TABLE texts (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+    CREATE TABLE text_generations (
+        first_id INTEGER PRIMARY KEY,
+        first_seq INTEGER NOT NULL
+    );
+    -- kind: bits 0-1 the command (Command::index), bit 2 the connection
+    -- stream, bit 3 the extended format, bit 4 a message with the user's
+    -- name taken out. received: receive time minus event time (extended
+    -- format, which has a source time), NULL when they are the same.
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        received INTEGER,
+        source_seq INTEGER,
+        kind INTEGER NOT NULL,
+        host INTEGER NOT NULL,
+        user INTEGER NOT NULL,
+        origin INTEGER NOT NULL,
+        context INTEGER NOT NULL,
+        message INTEGER NOT NULL,
+        app INTEGER,
+        session INTEGER,
+        agent INTEGER
+    );
+    -- Event times grow with the sequence, so this index takes its inserts
+    -- at its end. Per-user questions go through the sessions.
+    CREATE INDEX events_by_time ON events(time);
+    -- flags: bit 0 implied by a connection, bit 1 started by reconciliation.
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        host INTEGER NOT NULL,
+        user INTEGER NOT NULL,
+        agent INTEGER,
+        proxy_session_id TEXT,
+        virtual_proxy TEXT,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        end_reason INTEGER,
+        flags INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_start ON sessions(started_at);
+    CREATE INDEX sessions_by_end ON sessions(ended_at);
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY,
+        host INTEGER NOT NULL,
+        user INTEGER NOT NULL,
+        target INTEGER NOT NULL,
+        proxy_session_id TEXT,
+        opened_at INTEGER NOT NULL,
+        closed_at INTEGER,
+        close_reason INTEGER
+    );
+    CREATE INDEX connections_by_open ON connections(opened_at);
+    CREATE INDEX connections_by_close ON connections(closed_at);
+    -- The rows with their values, for queries (joins by primary key).
+    CREATE VIEW sessions_v AS
+        SELECT s.id, s.user AS user_ref, h.name AS host, u.key AS user_key, u.directory AS user_directory,
+               u.user_id AS user_id, s.proxy_session_id, s.virtual_proxy, s.started_at,
+               s.ended_at, s.end_reason, (s.flags & 1) != 0 AS implied,
+               (s.flags & 2) != 0 AS reconciled,
+               a.browser, a.browser_major, a.os, a.os_version
+        FROM sessions s JOIN hosts h ON h.id = s.host JOIN users u ON u.id = s.user
+             LEFT JOIN agents a ON a.id = s.agent;
+    CREATE VIEW connections_v AS
+        SELECT c.id, h.name AS host, u.key AS user_key, t.key AS app_key, t.app_id,
+               c.proxy_session_id, c.opened_at, c.closed_at, c.close_reason
+        FROM connections c JOIN hosts h ON h.id = c.host JOIN users u ON u.id = c.user
+             JOIN targets t ON t.id = c.target;
+    CREATE VIEW events_v AS
+        SELECT e.seq, e.time, e.received, e.source_seq, e.kind, h.name AS host,
+               u.directory AS user_directory, u.user_id AS user_id, u.key AS user_key,
+               o.text AS origin, c.text AS context, m.text AS message, t.app_id,
+               p.text AS proxy_session_id,
+               a.browser, a.browser_major, a.os, a.os_version
+        FROM events e JOIN hosts h ON h.id = e.host JOIN users u ON u.id = e.user
+             JOIN texts o ON o.id = e.origin JOIN texts c ON c.id = e.context
+             JOIN texts m ON m.id = e.message LEFT JOIN targets t ON t.id = e.app
+             LEFT JOIN texts p ON p.id = e.session LEFT JOIN agents a ON a.id = e.agent;
+    ",
+];
+
+/// Opens (creating and migrating) the journal at `path`.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // An 8 MiB page cache (SQLite's default is 2) keeps the indexes' hot pages
+    // in memory without letting a large journal grow the daemon; fewer
+    // checkpoints mean fewer fsyncs under a burst (the WAL grows a little more).
+    conn.pragma_update(None, "cache_size", -8_192)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    migrate_to(&conn, MIGRATIONS.len())?;
+    Ok(conn)
+}
+
+/// Runs the schema migrations up to `version` (tests build older journals).
+pub(super) fn migrate_to(conn: &Connection, version: usize) -> rusqlite::Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(version).skip(current) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Opens a read connection (the API, the sinks).
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
