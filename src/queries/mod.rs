@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{from_nanos, join_name, nanos, span_secs};
+use crate::storage::{from_nanos, hour_of, join_name, nanos};
 
 /// One app in a session.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,38 +81,44 @@ pub struct Filter {
 /// A journal table of intervals: its name and its start and end columns.
 struct Intervals {
     table: &'static str,
+    hours: &'static str,
     start: &'static str,
     end: &'static str,
 }
 
 const SESSIONS: Intervals = Intervals {
     table: "sessions",
+    hours: "session_hours",
     start: "started_at",
     end: "ended_at",
 };
 
 const CONNECTIONS: Intervals = Intervals {
     table: "connections",
+    hours: "connection_hours",
     start: "opened_at",
     end: "closed_at",
 };
 
 /// The one query behind every forensic answer: the rows (as `x`) of an
-/// interval table that overlap `[?1, ?2]` (nanoseconds; `?4`, `?5` the same in
-/// seconds), optionally only on host `?3` and of user `?6`. An instant is the
-/// range `[t, t]`: started at or before it, not ended by it.
+/// interval table that overlap `[?1, ?2]` (nanoseconds; `?4`, `?5` their
+/// Unix hours), optionally only on host `?3` and of user `?6`. An instant is
+/// the range `[t, t]`: started at or before it, not ended by it.
 ///
-/// Candidates come from the R*Tree of ended intervals and the NULL-end index
-/// of open ones (see the journal's schema); the exact nanosecond columns
-/// decide. CROSS JOIN keeps SQLite from driving the query from the start-time
-/// index instead (a scan of every earlier row).
+/// Candidates come from the hour lists of ended intervals and the index of
+/// open ones (see the journal's schema); the exact nanosecond columns decide.
 fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
-    let Intervals { table, start, end } = i;
+    let Intervals {
+        table,
+        hours,
+        start,
+        end,
+    } = i;
     format!(
         "SELECT {columns}
-         FROM (SELECT r.id FROM {table}_span r WHERE r.start_s <= ?5 AND r.end_s >= ?4
+         FROM (SELECT DISTINCT r.id FROM {hours} r WHERE r.hour BETWEEN ?4 AND ?5
                UNION ALL
-               SELECT o.id FROM {table} o WHERE o.{end} IS NULL AND o.{start} <= ?2) AS k
+               SELECT o.id FROM open_{table} o) AS k
          CROSS JOIN {table}_v x ON x.id = k.id
          WHERE x.{start} <= ?2 AND (x.{end} IS NULL OR x.{end} > ?1)
            AND (?3 IS NULL OR x.host = ?3) AND (?6 IS NULL OR x.user_key = ?6)
@@ -126,21 +132,20 @@ pub fn sessions_at(
     at: Timestamp,
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
-    sessions_query(conn, at, nanos(at), span_secs(at), f)
+    sessions_query(conn, at, nanos(at), f)
 }
 
 /// Who is in now: every open session, whatever its timestamps say. (A Qlik
 /// node whose clock runs a little ahead writes start times just after "now";
 /// the live picture, like the gauges, still counts those sessions.)
 pub fn sessions_now(conn: &Connection, f: &Filter) -> rusqlite::Result<SessionsAnswer> {
-    sessions_query(conn, Timestamp::now(), i64::MAX, f64::MAX, f)
+    sessions_query(conn, Timestamp::now(), i64::MAX, f)
 }
 
 fn sessions_query(
     conn: &Connection,
     at: Timestamp,
     t: i64,
-    secs: f64,
     f: &Filter,
 ) -> rusqlite::Result<SessionsAnswer> {
     let mut stmt = conn.prepare_cached(&overlapping(
@@ -157,29 +162,32 @@ fn sessions_query(
         app_ids: Vec<(String, usize)>,
     }
     let mut rows: Vec<Row> = stmt
-        .query_map(params![t, t, f.host, secs, secs, f.user_key], |r| {
-            let dir: String = r.get(3)?;
-            let id: String = r.get(4)?;
-            Ok(Row {
-                host: r.get(1)?,
-                key: r.get(2)?,
-                psid: r.get(5)?,
-                view: SessionView {
+        .query_map(
+            params![t, t, f.host, hour_of(t), hour_of(t), f.user_key],
+            |r| {
+                let dir: String = r.get(3)?;
+                let id: String = r.get(4)?;
+                Ok(Row {
                     host: r.get(1)?,
-                    user: format!("{dir}\\{id}"),
-                    user_directory: dir,
-                    user_id: id,
-                    started_at: from_nanos(r.get(6)?),
-                    connections: 0,
-                    apps: Vec::new(),
-                    browser: join_name(r.get(7)?, r.get(8)?),
-                    os: join_name(r.get(9)?, r.get(10)?),
-                    virtual_proxy: r.get(11)?,
-                    reconciled: r.get(12)?,
-                },
-                app_ids: Vec::new(),
-            })
-        })?
+                    key: r.get(2)?,
+                    psid: r.get(5)?,
+                    view: SessionView {
+                        host: r.get(1)?,
+                        user: format!("{dir}\\{id}"),
+                        user_directory: dir,
+                        user_id: id,
+                        started_at: from_nanos(r.get(6)?),
+                        connections: 0,
+                        apps: Vec::new(),
+                        browser: join_name(r.get(7)?, r.get(8)?),
+                        os: join_name(r.get(9)?, r.get(10)?),
+                        virtual_proxy: r.get(11)?,
+                        reconciled: r.get(12)?,
+                    },
+                    app_ids: Vec::new(),
+                })
+            },
+        )?
         .collect::<rusqlite::Result<_>>()?;
 
     // Index sessions by (host, user) to attach connections.
@@ -195,14 +203,17 @@ fn sessions_query(
         "x.host, x.user_key, x.app_id, x.proxy_session_id",
         "ORDER BY x.opened_at, x.id",
     ))?;
-    let conns = stmt.query_map(params![t, t, f.host, secs, secs, f.user_key], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
+    let conns = stmt.query_map(
+        params![t, t, f.host, hour_of(t), hour_of(t), f.user_key],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        },
+    )?;
     for c in conns {
         let (host, key, app_id, psid) = c?;
         let Some(idx) = by_user.get(&(host, key)) else {
@@ -319,7 +330,7 @@ pub fn concurrency(
     }
     let mut changes: Vec<(i64, Kind, u32)> = Vec::new();
     let mut user_ids: HashMap<i64, u32> = HashMap::default();
-    let (lo_s, hi_s) = (span_secs(from), span_secs(to));
+    let (lo_s, hi_s) = (hour_of(lo), hour_of(hi));
     let no_user: Option<String> = None;
     let mut stmt = conn.prepare_cached(&overlapping(
         SESSIONS,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::intern::{ConnectionRow0, Encoder, SessionRow0};
-use super::writer::write_rows_in;
+use super::rows::write_rows_in;
 use crate::change::{CloseReason, EndReason};
 use crate::event::{Command, Event, Format, Stream, UserAgent};
 
@@ -274,9 +274,16 @@ fn copy_sessions(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<(
         {
             let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO sessions (id, host, user, agent, proxy_session_id, virtual_proxy,
-                   started_at, ended_at, end_reason, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   started_at, flags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            let mut hour = tx
+                .prepare_cached("INSERT OR IGNORE INTO session_hours (hour, id) VALUES (?1, ?2)")?;
+            let mut ends = tx.prepare_cached(
+                "INSERT OR IGNORE INTO session_ends (id, ended_at, end_reason) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut open =
+                tx.prepare_cached("INSERT OR IGNORE INTO open_sessions (id) VALUES (?1)")?;
             for (s, ended, reason) in rows {
                 ins.execute(params![
                     s.id as i64,
@@ -286,10 +293,19 @@ fn copy_sessions(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<(
                     s.proxy_session_id.as_deref(),
                     s.virtual_proxy.as_deref(),
                     s.started_at,
-                    ended,
-                    reason,
                     s.flags
                 ])?;
+                match ended {
+                    Some(end) => {
+                        ends.execute(params![s.id as i64, end, reason.unwrap_or(0)])?;
+                        for h in super::hours(s.started_at, end) {
+                            hour.execute(params![h, s.id as i64])?;
+                        }
+                    }
+                    None => {
+                        open.execute([s.id as i64])?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -338,9 +354,18 @@ fn copy_connections(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Resul
         {
             let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO connections (id, host, user, target, proxy_session_id,
-                   opened_at, closed_at, close_reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                   opened_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
+            let mut hour = tx.prepare_cached(
+                "INSERT OR IGNORE INTO connection_hours (hour, id) VALUES (?1, ?2)",
+            )?;
+            let mut ends = tx.prepare_cached(
+                "INSERT OR IGNORE INTO connection_closes (id, closed_at, close_reason)
+                 VALUES (?1, ?2, ?3)",
+            )?;
+            let mut open =
+                tx.prepare_cached("INSERT OR IGNORE INTO open_connections (id) VALUES (?1)")?;
             for (c, closed, reason) in rows {
                 ins.execute(params![
                     c.id as i64,
@@ -348,10 +373,19 @@ fn copy_connections(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Resul
                     c.user,
                     c.target,
                     c.proxy_session_id.as_deref(),
-                    c.opened_at,
-                    closed,
-                    reason
+                    c.opened_at
                 ])?;
+                match closed {
+                    Some(end) => {
+                        ends.execute(params![c.id as i64, end, reason.unwrap_or(0)])?;
+                        for h in super::hours(c.opened_at, end) {
+                            hour.execute(params![h, c.id as i64])?;
+                        }
+                    }
+                    None => {
+                        open.execute([c.id as i64])?;
+                    }
+                }
             }
         }
         tx.commit()?;

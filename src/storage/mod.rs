@@ -24,6 +24,7 @@ pub mod intern;
 pub mod migrate;
 pub mod read;
 pub mod recover;
+pub mod rows;
 pub mod schema;
 pub mod writer;
 
@@ -65,14 +66,22 @@ pub fn open(path: &Path) -> Result<rusqlite::Connection, OpenError> {
     Ok(conn)
 }
 
-/// Seconds since the epoch, the R*Tree's coordinate.
-pub fn span_secs(t: Timestamp) -> f64 {
-    t.as_second() as f64 + f64::from(t.subsec_nanosecond()) / 1e9
+/// Nanoseconds in an hour: the bucket of `session_hours` and `connection_hours`.
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// The Unix hour of a time in nanoseconds (the hour tables' key).
+pub fn hour_of(nanos: i64) -> i64 {
+    nanos.div_euclid(HOUR_NS)
 }
 
-/// [`span_secs`] of a time in nanoseconds.
-pub fn span_secs_of(nanos: i64) -> f64 {
-    span_secs(from_nanos(nanos))
+/// Most hour rows one interval gets (about 14 months): an interval that
+/// lasted longer is found by questions about its first 14 months only.
+pub const MAX_HOURS: i64 = 10_000;
+
+/// The hours an interval `[start, end]` is listed under.
+pub fn hours(start: i64, end: i64) -> std::ops::RangeInclusive<i64> {
+    let (a, b) = (hour_of(start), hour_of(end.max(start)));
+    a..=b.min(a + MAX_HOURS)
 }
 
 /// Nanoseconds since the Unix epoch, the journal's time unit.

@@ -81,7 +81,7 @@ pub fn recover(conn: &Connection, idle_timeout: Duration) -> rusqlite::Result<Re
     let mut stmt = conn.prepare(
         "SELECT id, host, user_key, user_directory, user_id, proxy_session_id, started_at, implied,
                 browser, browser_major, os, os_version, reconciled, virtual_proxy
-         FROM sessions_v WHERE ended_at IS NULL ORDER BY started_at, id",
+         FROM sessions_v WHERE id IN (SELECT id FROM open_sessions) ORDER BY started_at, id",
     )?;
     let sessions = stmt
         .query_map([], |r| {
@@ -125,7 +125,7 @@ pub fn recover(conn: &Connection, idle_timeout: Duration) -> rusqlite::Result<Re
     let mut apps: HashMap<String, Arc<str>> = HashMap::default();
     let mut stmt = conn.prepare(
         "SELECT id, host, user_key, app_key, app_id, proxy_session_id, opened_at
-         FROM connections_v WHERE closed_at IS NULL ORDER BY opened_at, id",
+         FROM connections_v WHERE id IN (SELECT id FROM open_connections) ORDER BY opened_at, id",
     )?;
     let connections = stmt
         .query_map([], |r| {

@@ -278,10 +278,7 @@ fn a_journal_of_the_previous_release_is_migrated_with_nothing_lost() {
     );
     assert_eq!(count(&conn, "SELECT count(*) FROM sessions"), sessions);
     assert_eq!(
-        count(
-            &conn,
-            "SELECT count(*) FROM sessions WHERE ended_at IS NULL"
-        ),
+        count(&conn, "SELECT count(*) FROM open_sessions"),
         open_sessions
     );
     assert_eq!(
@@ -291,7 +288,7 @@ fn a_journal_of_the_previous_release_is_migrated_with_nothing_lost() {
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM connections WHERE closed_at IS NULL"
+            "SELECT count(*) FROM connections_v WHERE closed_at IS NULL"
         ),
         open_connections
     );
@@ -300,7 +297,7 @@ fn a_journal_of_the_previous_release_is_migrated_with_nothing_lost() {
         count(
             &conn,
             &format!(
-                "SELECT sum(id * 7 + ended_at % 1000003 + {reasons}) FROM sessions WHERE ended_at IS NOT NULL"
+                "SELECT sum(id * 7 + ended_at % 1000003 + {reasons}) FROM sessions_v WHERE ended_at IS NOT NULL"
             )
         ),
         ended_sig,
@@ -356,7 +353,7 @@ fn an_interrupted_migration_continues() {
         for (seq, ev) in &old {
             enc.event(*seq, ev);
         }
-        super::writer::write_rows(&mut conn, &enc.take()).unwrap();
+        super::rows::write_rows(&mut conn, &enc.take()).unwrap();
     }
     let conn = open(&path).unwrap();
     let back = events_after(&conn, 0, 10_000).unwrap();

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
-use super::intern::{Dict, Encoder, Row};
+use super::intern::{Encoder, Row};
+pub use super::rows::write_rows;
 use crate::change::Change;
 use crate::event::Event;
 
@@ -348,13 +349,23 @@ impl Writer {
     pub(super) fn retain(&mut self, retention: Duration) {
         let cutoff = super::nanos(jiff::Timestamp::now())
             - i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        let hour = super::hour_of(cutoff);
         let result = self.conn.transaction().and_then(|tx| {
             tx.execute_batch(&format!(
                 "DELETE FROM events WHERE time < {cutoff} AND seq < (SELECT max(seq) FROM events);
-                 DELETE FROM sessions_span WHERE id IN (SELECT id FROM sessions WHERE ended_at < {cutoff});
-                 DELETE FROM sessions WHERE ended_at < {cutoff};
-                 DELETE FROM connections_span WHERE id IN (SELECT id FROM connections WHERE closed_at < {cutoff});
-                 DELETE FROM connections WHERE closed_at < {cutoff};
+                 CREATE TEMP TABLE IF NOT EXISTS gone (id INTEGER PRIMARY KEY);
+                 DELETE FROM gone;
+                 INSERT OR IGNORE INTO gone SELECT id FROM session_ends
+                     WHERE id IN (SELECT id FROM session_hours WHERE hour <= {hour}) AND ended_at < {cutoff};
+                 DELETE FROM sessions WHERE id IN (SELECT id FROM gone);
+                 DELETE FROM session_ends WHERE id IN (SELECT id FROM gone);
+                 DELETE FROM session_hours WHERE hour < {hour};
+                 DELETE FROM gone;
+                 INSERT OR IGNORE INTO gone SELECT id FROM connection_closes
+                     WHERE id IN (SELECT id FROM connection_hours WHERE hour <= {hour}) AND closed_at < {cutoff};
+                 DELETE FROM connections WHERE id IN (SELECT id FROM gone);
+                 DELETE FROM connection_closes WHERE id IN (SELECT id FROM gone);
+                 DELETE FROM connection_hours WHERE hour < {hour};
                  CREATE TEMP TABLE IF NOT EXISTS text_floor (id INTEGER);
                  DELETE FROM text_floor;
                  INSERT INTO text_floor SELECT coalesce(max(first_id), 0) FROM text_generations
@@ -382,161 +393,4 @@ pub fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<(
         }
     }
     write_rows(conn, &enc.take())
-}
-
-/// Writes rows in one transaction.
-pub fn write_rows(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    write_rows_in(&tx, rows)?;
-    tx.commit()
-}
-
-/// Writes rows in the transaction `tx` (which the caller commits).
-pub(super) fn write_rows_in(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusqlite::Result<()> {
-    {
-        let mut ins_event = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (seq, time, received, source_seq, kind, host, user,
-               origin, context, message, app, session, agent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
-        let mut ins_host =
-            tx.prepare_cached("INSERT OR REPLACE INTO hosts (id, name) VALUES (?1, ?2)")?;
-        let mut ins_user = tx.prepare_cached(
-            "INSERT OR REPLACE INTO users (id, directory, user_id, key) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut ins_agent = tx.prepare_cached(
-            "INSERT OR REPLACE INTO agents (id, browser, browser_major, os, os_version)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut ins_target = tx.prepare_cached(
-            "INSERT OR REPLACE INTO targets (id, key, app_id) VALUES (?1, ?2, ?3)",
-        )?;
-        let mut ins_text =
-            tx.prepare_cached("INSERT OR REPLACE INTO texts (id, text) VALUES (?1, ?2)")?;
-        let mut ins_generation = tx.prepare_cached(
-            "INSERT OR REPLACE INTO text_generations (first_id, first_seq) VALUES (?1, ?2)",
-        )?;
-        let mut ins_session = tx.prepare_cached(
-            "INSERT OR IGNORE INTO sessions (id, host, user, agent, proxy_session_id, virtual_proxy,
-               started_at, flags)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        // An interval enters the R*Tree when it ends.
-        let mut end_session_span = tx.prepare_cached(
-            "INSERT OR REPLACE INTO sessions_span (id, start_s, end_s) VALUES (?1, ?2, max(?2, ?3))",
-        )?;
-        let mut close_conn_span = tx.prepare_cached(
-            "INSERT OR REPLACE INTO connections_span (id, start_s, end_s) VALUES (?1, ?2, max(?2, ?3))",
-        )?;
-        let mut bind_session =
-            tx.prepare_cached("UPDATE sessions SET proxy_session_id = ?2 WHERE id = ?1")?;
-        let mut set_virtual_proxy =
-            tx.prepare_cached("UPDATE sessions SET virtual_proxy = ?2 WHERE id = ?1")?;
-        let mut end_session = tx.prepare_cached(
-            "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
-        )?;
-        let mut ins_conn = tx.prepare_cached(
-            "INSERT OR IGNORE INTO connections (id, host, user, target, proxy_session_id, opened_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut close_conn = tx.prepare_cached(
-            "UPDATE connections SET closed_at = ?2, close_reason = ?3 WHERE id = ?1 AND closed_at IS NULL",
-        )?;
-        let opt = |id: u32| (id != 0).then_some(id);
-        for row in rows {
-            match row {
-                Row::Event(e) => {
-                    ins_event.execute(params![
-                        e.seq as i64,
-                        e.time,
-                        e.received,
-                        e.source_seq.map(|s| s as i64),
-                        e.kind,
-                        e.host,
-                        e.user,
-                        e.origin,
-                        e.context,
-                        e.message,
-                        opt(e.app),
-                        opt(e.session),
-                        opt(e.agent),
-                    ])?;
-                }
-                Row::Value(dict, id, v) => {
-                    let v = |i: usize| v.get(i).and_then(|s| s.as_deref());
-                    match dict {
-                        Dict::Host => ins_host.execute(params![id, v(0)])?,
-                        Dict::User => ins_user.execute(params![id, v(0), v(1), v(2)])?,
-                        Dict::Agent => ins_agent.execute(params![id, v(0), v(1), v(2), v(3)])?,
-                        Dict::Target => ins_target.execute(params![id, v(0), v(1)])?,
-                        Dict::Text => ins_text.execute(params![id, v(0)])?,
-                    };
-                }
-                Row::Generation {
-                    first_id,
-                    first_seq,
-                } => {
-                    ins_generation.execute(params![first_id, *first_seq as i64])?;
-                }
-                Row::SessionStarted(s) => {
-                    ins_session.execute(params![
-                        s.id as i64,
-                        s.host,
-                        s.user,
-                        opt(s.agent),
-                        s.proxy_session_id.as_deref(),
-                        s.virtual_proxy.as_deref(),
-                        s.started_at,
-                        s.flags,
-                    ])?;
-                }
-                Row::SessionVirtualProxy { id, virtual_proxy } => {
-                    set_virtual_proxy.execute(params![*id as i64, &**virtual_proxy])?;
-                }
-                Row::SessionBound {
-                    id,
-                    proxy_session_id,
-                } => {
-                    bind_session.execute(params![*id as i64, &**proxy_session_id])?;
-                }
-                Row::SessionEnded {
-                    id,
-                    started_at,
-                    at,
-                    reason,
-                } => {
-                    end_session.execute(params![*id as i64, at, reason])?;
-                    end_session_span.execute(params![
-                        *id as i64,
-                        super::span_secs_of(*started_at),
-                        super::span_secs_of(*at)
-                    ])?;
-                }
-                Row::ConnectionOpened(c) => {
-                    ins_conn.execute(params![
-                        c.id as i64,
-                        c.host,
-                        c.user,
-                        c.target,
-                        c.proxy_session_id.as_deref(),
-                        c.opened_at,
-                    ])?;
-                }
-                Row::ConnectionClosed {
-                    id,
-                    opened_at,
-                    at,
-                    reason,
-                } => {
-                    close_conn.execute(params![*id as i64, at, reason])?;
-                    close_conn_span.execute(params![
-                        *id as i64,
-                        super::span_secs_of(*opened_at),
-                        super::span_secs_of(*at)
-                    ])?;
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,360 @@
+//! Rows into tables: one transaction per batch, with as few statements as
+//! the rows allow.
+//!
+//! Entering and leaving SQLite's virtual machine costs more than the B-tree
+//! work of a small row, so inserts go in multi-row statements, and a session
+//! or connection that starts and ends in one batch is inserted whole instead
+//! of inserted and then updated. Inserts come first and updates after, in
+//! their order, so an update always finds the row it changes.
+
+use foldhash::HashMap;
+use rusqlite::{CachedStatement, Connection, ToSql, Transaction, params};
+
+use super::intern::{ConnectionRow, Dict, EventRow, Row, SessionRow};
+
+/// Rows per multi-row insert (13 columns × 64 stays far below SQLite's
+/// 32,766 parameters).
+const ROWS_PER_INSERT: usize = 64;
+
+/// Writes rows in one transaction.
+pub fn write_rows(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    write_rows_in(&tx, rows)?;
+    tx.commit()
+}
+
+/// A session to insert, with what the batch learned of it later.
+struct NewSession<'a> {
+    row: &'a SessionRow,
+    proxy_session_id: Option<&'a str>,
+    virtual_proxy: Option<&'a str>,
+    end: Option<(i64, u8)>,
+}
+
+/// A connection to insert, with its close when the batch has it.
+struct NewConnection<'a> {
+    row: &'a ConnectionRow,
+    close: Option<(i64, u8)>,
+}
+
+/// Writes rows in the transaction `tx` (which the caller commits).
+pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Result<()> {
+    let mut events: Vec<&EventRow> = Vec::new();
+    let mut sessions: Vec<NewSession<'_>> = Vec::new();
+    let mut session_at: HashMap<u64, usize> = HashMap::default();
+    let mut connections: Vec<NewConnection<'_>> = Vec::new();
+    let mut connection_at: HashMap<u64, usize> = HashMap::default();
+    let mut updates: Vec<&Row> = Vec::new();
+    let mut session_hours: Vec<(i64, i64)> = Vec::new();
+    let mut connection_hours: Vec<(i64, i64)> = Vec::new();
+    for row in rows {
+        match row {
+            Row::Event(e) => events.push(e),
+            Row::Value(dict, id, v) => insert_value(tx, *dict, *id, v)?,
+            Row::Generation {
+                first_id,
+                first_seq,
+            } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO text_generations (first_id, first_seq) VALUES (?1, ?2)",
+                )?
+                .execute(params![first_id, *first_seq as i64])?;
+            }
+            Row::SessionStarted(s) => {
+                session_at.entry(s.id).or_insert(sessions.len());
+                sessions.push(NewSession {
+                    row: s,
+                    proxy_session_id: s.proxy_session_id.as_deref(),
+                    virtual_proxy: s.virtual_proxy.as_deref(),
+                    end: None,
+                });
+            }
+            Row::SessionBound {
+                id,
+                proxy_session_id,
+            } => match session_at.get(id) {
+                Some(&i) => sessions[i].proxy_session_id = Some(proxy_session_id),
+                None => updates.push(row),
+            },
+            Row::SessionVirtualProxy { id, virtual_proxy } => match session_at.get(id) {
+                Some(&i) => sessions[i].virtual_proxy = Some(virtual_proxy),
+                None => updates.push(row),
+            },
+            Row::SessionEnded {
+                id,
+                started_at,
+                at,
+                reason,
+            } => {
+                match session_at.get(id) {
+                    Some(&i) => {
+                        sessions[i].end.get_or_insert((*at, *reason));
+                    }
+                    None => updates.push(row),
+                }
+                session_hours.extend(super::hours(*started_at, *at).map(|h| (h, *id as i64)));
+            }
+            Row::ConnectionOpened(c) => {
+                connection_at.entry(c.id).or_insert(connections.len());
+                connections.push(NewConnection {
+                    row: c,
+                    close: None,
+                });
+            }
+            Row::ConnectionClosed {
+                id,
+                opened_at,
+                at,
+                reason,
+            } => {
+                match connection_at.get(id) {
+                    Some(&i) => {
+                        connections[i].close.get_or_insert((*at, *reason));
+                    }
+                    None => updates.push(row),
+                }
+                connection_hours.extend(super::hours(*opened_at, *at).map(|h| (h, *id as i64)));
+            }
+        }
+    }
+    let opt = |id: u32| (id != 0).then_some(i64::from(id));
+    insert_many(
+        tx,
+        "events (seq, time, received, source_seq, kind, host, user, origin, context, message,
+                 app, session, agent)",
+        13,
+        &events,
+        |e, b| {
+            b(&(e.seq as i64))?;
+            b(&e.time)?;
+            b(&e.received)?;
+            b(&e.source_seq.map(|s| s as i64))?;
+            b(&e.kind)?;
+            b(&e.host)?;
+            b(&e.user)?;
+            b(&e.origin)?;
+            b(&e.context)?;
+            b(&e.message)?;
+            b(&opt(e.app))?;
+            b(&opt(e.session))?;
+            b(&opt(e.agent))
+        },
+    )?;
+    insert_many(
+        tx,
+        "sessions (id, host, user, agent, proxy_session_id, virtual_proxy, started_at, flags)",
+        8,
+        &sessions,
+        |s, b| {
+            b(&(s.row.id as i64))?;
+            b(&s.row.host)?;
+            b(&s.row.user)?;
+            b(&opt(s.row.agent))?;
+            b(&s.proxy_session_id)?;
+            b(&s.virtual_proxy)?;
+            b(&s.row.started_at)?;
+            b(&s.row.flags)
+        },
+    )?;
+    insert_many(
+        tx,
+        "connections (id, host, user, target, proxy_session_id, opened_at)",
+        6,
+        &connections,
+        |c, b| {
+            b(&(c.row.id as i64))?;
+            b(&c.row.host)?;
+            b(&c.row.user)?;
+            b(&c.row.target)?;
+            b(&c.row.proxy_session_id.as_deref())?;
+            b(&c.row.opened_at)
+        },
+    )?;
+    // Ends: of the rows above, and of rows of earlier batches.
+    let mut ends: Vec<(i64, i64, u8)> = Vec::new();
+    let mut closes: Vec<(i64, i64, u8)> = Vec::new();
+    let mut opened: Vec<i64> = Vec::new();
+    let mut connected: Vec<i64> = Vec::new();
+    let mut ended: Vec<i64> = Vec::new();
+    let mut closed: Vec<i64> = Vec::new();
+    for s in &sessions {
+        match s.end {
+            Some((at, why)) => ends.push((s.row.id as i64, at, why)),
+            None => opened.push(s.row.id as i64),
+        }
+    }
+    for c in &connections {
+        match c.close {
+            Some((at, why)) => closes.push((c.row.id as i64, at, why)),
+            None => connected.push(c.row.id as i64),
+        }
+    }
+    for row in updates {
+        match row {
+            Row::SessionEnded { id, at, reason, .. } => {
+                ends.push((*id as i64, *at, *reason));
+                ended.push(*id as i64);
+            }
+            Row::ConnectionClosed { id, at, reason, .. } => {
+                closes.push((*id as i64, *at, *reason));
+                closed.push(*id as i64);
+            }
+            other => update(tx, other)?,
+        }
+    }
+    let end = |e: &(i64, i64, u8), b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| {
+        b(&e.0)?;
+        b(&e.1)?;
+        b(&e.2)
+    };
+    let id = |i: &i64, b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| b(i);
+    // The first end of a row is the one that counts (OR IGNORE).
+    insert_many(tx, "session_ends (id, ended_at, end_reason)", 3, &ends, end)?;
+    insert_many(
+        tx,
+        "connection_closes (id, closed_at, close_reason)",
+        3,
+        &closes,
+        end,
+    )?;
+    insert_many(tx, "open_sessions (id)", 1, &opened, id)?;
+    insert_many(tx, "open_connections (id)", 1, &connected, id)?;
+    delete_many(tx, "open_sessions", &ended)?;
+    delete_many(tx, "open_connections", &closed)?;
+    let pair = |p: &(i64, i64), b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| {
+        b(&p.0)?;
+        b(&p.1)
+    };
+    insert_many(tx, "session_hours (hour, id)", 2, &session_hours, pair)?;
+    insert_many(
+        tx,
+        "connection_hours (hour, id)",
+        2,
+        &connection_hours,
+        pair,
+    )?;
+    Ok(())
+}
+
+/// `INSERT OR IGNORE INTO {table} VALUES (...), (...)`, `ROWS_PER_INSERT`
+/// rows a statement; `bind` gives one item's values in column order.
+fn insert_many<T>(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: usize,
+    items: &[T],
+    bind: impl Fn(&T, &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let sql = |n: usize| {
+        let one = format!("({})", vec!["?"; columns].join(", "));
+        format!(
+            "INSERT OR IGNORE INTO {table} VALUES {}",
+            vec![one; n].join(", ")
+        )
+    };
+    let run = |stmt: &mut CachedStatement<'_>, chunk: &[T]| {
+        let mut i = 1;
+        for item in chunk {
+            bind(item, &mut |v| {
+                stmt.raw_bind_parameter(i, v)?;
+                i += 1;
+                Ok(())
+            })?;
+        }
+        stmt.raw_execute().map(|_| ())
+    };
+    let mut chunks = items.chunks_exact(ROWS_PER_INSERT);
+    if items.len() >= ROWS_PER_INSERT {
+        let mut many = tx.prepare_cached(&sql(ROWS_PER_INSERT))?;
+        for chunk in chunks.by_ref() {
+            run(&mut many, chunk)?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut one = tx.prepare_cached(&sql(1))?;
+        for item in rest.chunks(1) {
+            run(&mut one, item)?;
+        }
+    }
+    Ok(())
+}
+
+/// `DELETE FROM {table} WHERE id IN (...)`, `ROWS_PER_INSERT` ids a statement.
+fn delete_many(tx: &Transaction<'_>, table: &str, ids: &[i64]) -> rusqlite::Result<()> {
+    let sql = |n: usize| {
+        format!(
+            "DELETE FROM {table} WHERE id IN ({})",
+            vec!["?"; n].join(", ")
+        )
+    };
+    let mut chunks = ids.chunks_exact(ROWS_PER_INSERT);
+    for (n, list) in [
+        (ROWS_PER_INSERT, chunks.by_ref().collect::<Vec<_>>()),
+        (1, chunks.remainder().chunks(1).collect()),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut stmt = tx.prepare_cached(&sql(n))?;
+        for chunk in list {
+            for (i, id) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, id)?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_value(
+    tx: &Transaction<'_>,
+    dict: Dict,
+    id: u32,
+    v: &[Option<Box<str>>],
+) -> rusqlite::Result<()> {
+    let v = |i: usize| v.get(i).and_then(|s| s.as_deref());
+    let (sql, n) = match dict {
+        Dict::Host => ("INSERT OR REPLACE INTO hosts (id, name) VALUES (?1, ?2)", 1),
+        Dict::User => (
+            "INSERT OR REPLACE INTO users (id, directory, user_id, key) VALUES (?1, ?2, ?3, ?4)",
+            3,
+        ),
+        Dict::Agent => (
+            "INSERT OR REPLACE INTO agents (id, browser, browser_major, os, os_version)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            4,
+        ),
+        Dict::Target => (
+            "INSERT OR REPLACE INTO targets (id, key, app_id) VALUES (?1, ?2, ?3)",
+            2,
+        ),
+        Dict::Text => ("INSERT OR REPLACE INTO texts (id, text) VALUES (?1, ?2)", 1),
+    };
+    let mut stmt = tx.prepare_cached(sql)?;
+    stmt.raw_bind_parameter(1, id)?;
+    for i in 0..n {
+        stmt.raw_bind_parameter(i + 2, v(i))?;
+    }
+    stmt.raw_execute().map(|_| ())
+}
+
+/// A change to a row written in an earlier batch.
+fn update(tx: &Transaction<'_>, row: &Row) -> rusqlite::Result<()> {
+    match row {
+        Row::SessionBound {
+            id,
+            proxy_session_id,
+        } => tx
+            .prepare_cached("UPDATE sessions SET proxy_session_id = ?2 WHERE id = ?1")?
+            .execute(params![*id as i64, &**proxy_session_id])?,
+        Row::SessionVirtualProxy { id, virtual_proxy } => tx
+            .prepare_cached("UPDATE sessions SET virtual_proxy = ?2 WHERE id = ?1")?
+            .execute(params![*id as i64, &**virtual_proxy])?,
+        _ => 0,
+    };
+    Ok(())
+}
