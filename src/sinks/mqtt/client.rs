@@ -40,7 +40,9 @@ pub fn options(c: &MqttConfig) -> Result<MqttOptions, String> {
         .set_clean_session(true)
         // The state topic of a big site carries thousands of user names.
         .set_max_packet_size(1 << 20, 256 << 20)
-        .set_inflight(100);
+        // Acknowledgements come back in microseconds on a LAN, but 100 messages
+        // in flight (the default) still made the broker wait for the sink.
+        .set_inflight(1000);
     if let Some(user) = &c.username {
         o.set_credentials(user, c.password.clone().unwrap_or_default());
     }

@@ -44,7 +44,7 @@ pub use payload::{micros, payload, state_payload, topics};
 pub const PIPELINE: usize = 3;
 
 /// Events per batch; each is one or two messages.
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 /// Most host states published at a time.
 const MAX_STATES_PER_ROUND: usize = 256;
