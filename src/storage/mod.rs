@@ -19,6 +19,7 @@
 //! Intervals are what make "who was in at 10:42?" a query: a session row has
 //! its start and, once known, its end and how it ended; an open row has no end.
 
+pub mod blocks;
 pub mod cursors;
 pub mod intern;
 pub mod migrate;

@@ -213,7 +213,7 @@ pub struct EventFilter {
 
 /// Events whose time is in `[from, to]`, in journal order, at most `limit`.
 /// The filters are resolved to dictionary ids first (a handful), so the scan
-/// of the time range compares integers.
+/// of the blocks that hold the range compares integers.
 pub fn events_between(
     conn: &Connection,
     from: Timestamp,
@@ -225,7 +225,8 @@ pub fn events_between(
         "SELECT {EVENT_COLUMNS} FROM events_v
          WHERE seq IN (
            SELECT e.seq FROM events e
-           WHERE e.time >= ?1 AND e.time <= ?2
+           WHERE e.seq BETWEEN ?8 AND ?9
+             AND e.time >= ?1 AND e.time <= ?2
              AND (?3 IS NULL OR e.host IN (SELECT id FROM hosts WHERE name = ?3))
              AND (?4 IS NULL OR e.user IN (SELECT id FROM users WHERE key = ?4))
              AND e.seq > ?5
@@ -234,22 +235,38 @@ pub fn events_between(
            ORDER BY e.seq LIMIT ?6)
          ORDER BY seq"
     ))?;
-    let rows = stmt.query_map(
-        params![
-            nanos(from),
-            nanos(to),
-            filter.host,
-            filter.user_key,
-            filter.after.unwrap_or(0) as i64,
-            limit as i64,
-            filter
-                .app_ids
-                .as_ref()
-                .map(|ids| serde_json::to_string(ids).unwrap_or_default()),
-        ],
-        stored_event,
-    )?;
-    rows.collect()
+    let apps = filter
+        .app_ids
+        .as_ref()
+        .map(|ids| serde_json::to_string(ids).unwrap_or_default());
+    let after = filter.after.unwrap_or(0) as i64;
+    let mut out = Vec::new();
+    for (lo, hi) in super::blocks::ranges(conn, nanos(from), nanos(to))? {
+        if hi <= after {
+            continue;
+        }
+        let rows = stmt.query_map(
+            params![
+                nanos(from),
+                nanos(to),
+                filter.host,
+                filter.user_key,
+                after,
+                (limit - out.len()) as i64,
+                apps,
+                lo,
+                hi,
+            ],
+            stored_event,
+        )?;
+        for r in rows {
+            out.push(r?);
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// The sequence number of the newest committed event (0 when none).

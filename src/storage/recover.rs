@@ -58,24 +58,28 @@ pub fn recover(conn: &Connection, idle_timeout: Duration) -> rusqlite::Result<Re
         [],
         |r| r.get(0),
     )?;
-    let newest: Option<i64> = conn.query_row("SELECT max(time) FROM events", [], |r| r.get(0))?;
+    let newest = super::blocks::newest_time(conn)?;
     let idle = i64::try_from(idle_timeout.as_nanos()).unwrap_or(i64::MAX);
     let window = newest.unwrap_or(0).saturating_sub(idle);
     let mut last: HashMap<(String, String), i64> = HashMap::default();
     let mut stmt = conn.prepare(
         "SELECT h.name AS host, u.key AS user_key, max(e.time + coalesce(e.received, 0)) AS last
          FROM events e JOIN hosts h ON h.id = e.host JOIN users u ON u.id = e.user
-         WHERE e.time >= ?1 GROUP BY h.name, u.key",
+         WHERE e.seq BETWEEN ?2 AND ?3 AND e.time >= ?1 GROUP BY h.name, u.key",
     )?;
-    for r in stmt.query_map([window], |r| {
-        Ok((
-            r.get::<_, String>("host")?,
-            r.get::<_, String>("user_key")?,
-            r.get::<_, i64>("last")?,
-        ))
-    })? {
-        let (h, k, t) = r?;
-        last.insert((h, k), t);
+    for (lo, hi) in super::blocks::ranges(conn, window, i64::MAX)? {
+        let rows = stmt.query_map([window, lo, hi], |r| {
+            Ok((
+                r.get::<_, String>("host")?,
+                r.get::<_, String>("user_key")?,
+                r.get::<_, i64>("last")?,
+            ))
+        })?;
+        for r in rows {
+            let (h, k, t) = r?;
+            let e = last.entry((h, k)).or_insert(t);
+            *e = (*e).max(t);
+        }
     }
     let mut agents: HashMap<UserAgent, Arc<UserAgent>> = HashMap::default();
     let mut stmt = conn.prepare(

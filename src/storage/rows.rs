@@ -118,6 +118,7 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
         }
     }
     let opt = |id: u32| (id != 0).then_some(i64::from(id));
+    super::blocks::note(tx, &events)?;
     insert_many(
         tx,
         "events (seq, time, received, source_seq, kind, host, user, origin, context, message,

@@ -350,9 +350,18 @@ impl Writer {
         let cutoff = super::nanos(jiff::Timestamp::now())
             - i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
         let hour = super::hour_of(cutoff);
+        let block = super::blocks::BLOCK;
         let result = self.conn.transaction().and_then(|tx| {
+            for (lo, hi) in super::blocks::ranges(&tx, i64::MIN, cutoff - 1)? {
+                tx.execute(
+                    "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2 AND time < ?3
+                       AND seq < (SELECT max(seq) FROM events)",
+                    rusqlite::params![lo, hi, cutoff],
+                )?;
+            }
             tx.execute_batch(&format!(
-                "DELETE FROM events WHERE time < {cutoff} AND seq < (SELECT max(seq) FROM events);
+                "DELETE FROM event_blocks WHERE max_time < {cutoff}
+                   AND block < (SELECT coalesce(max(seq), 0) FROM events) / {block};
                  CREATE TEMP TABLE IF NOT EXISTS gone (id INTEGER PRIMARY KEY);
                  DELETE FROM gone;
                  INSERT OR IGNORE INTO gone SELECT id FROM session_ends

@@ -55,26 +55,29 @@ pub fn summaries(
         let mut stmt = conn.prepare_cached(
             "SELECT g.kind, h.name AS host, o.text AS origin, g.n
              FROM (SELECT kind & 12 AS kind, host, origin, count(*) AS n FROM events
-                   WHERE time > ?1 AND time <= ?2 GROUP BY 1, 2, 3) g
+                   WHERE seq BETWEEN ?3 AND ?4 AND time > ?1 AND time <= ?2 GROUP BY 1, 2, 3) g
              JOIN hosts h ON h.id = g.host JOIN texts o ON o.id = g.origin",
         )?;
-        let counts = stmt.query_map(
-            rusqlite::params![t - (SUMMARY_EVERY_S as i64) * 1_000_000_000, t],
-            |row| {
+        let from = t - (SUMMARY_EVERY_S as i64) * 1_000_000_000;
+        let mut counts = Vec::new();
+        for (lo, hi) in crate::storage::blocks::ranges(conn, from + 1, t)? {
+            let rows = stmt.query_map(rusqlite::params![from, t, lo, hi], |row| {
                 Ok((
                     row.get::<_, i64>("kind")?,
                     row.get::<_, String>("host")?,
                     row.get::<_, String>("origin")?,
                     row.get::<_, i64>("n")?,
                 ))
-            },
-        )?;
+            })?;
+            for r in rows {
+                counts.push(r?);
+            }
+        }
         // The same host or origin may be stored under two ids (a dictionary
         // that started over): add those up.
         let mut merged: std::collections::BTreeMap<(&'static str, String, String), i64> =
             Default::default();
-        for c in counts {
-            let (kind, host, origin, count) = c?;
+        for (kind, host, origin, count) in counts {
             let (_, stream, format) = crate::storage::read::decode_kind(kind);
             let source = crate::event::source_name(format, stream);
             *merged.entry((source, host, origin)).or_default() += count;
