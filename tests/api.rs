@@ -567,12 +567,25 @@ fn http_limits_refuse_what_is_too_much_and_keep_serving() {
     // header_timeout, and so is an idle keep-alive connection. (3 s: the
     // permits must still be taken when the fourth connects, also on a
     // loaded CI machine.)
-    let t0 = std::time::Instant::now();
-    let mut slow = TcpStream::connect(d.http).unwrap();
-    write!(slow, "GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
-    let mut idle = TcpStream::connect(d.http).unwrap();
-    write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut third = TcpStream::connect(d.http).unwrap();
+    // The connections of the requests above give their permits back when
+    // the server has closed them; until then the third of these may be the
+    // one refused, so the three are opened again until the third is not.
+    let (t0, mut slow, mut idle, mut third) =
+        common::poll("three connections hold the permits", || {
+            let t0 = std::time::Instant::now();
+            let mut slow = TcpStream::connect(d.http).unwrap();
+            write!(slow, "GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+            let mut idle = TcpStream::connect(d.http).unwrap();
+            write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut third = TcpStream::connect(d.http).unwrap();
+            third
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut first = [0u8; 12];
+            let refused = matches!(std::io::Read::read(&mut third, &mut first), Ok(n) if n > 0);
+            third.set_read_timeout(None).unwrap();
+            (!refused).then_some((t0, slow, idle, third))
+        });
 
     // Every permit is taken: the next connection is told so at once.
     let mut refused = TcpStream::connect(d.http).unwrap();

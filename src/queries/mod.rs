@@ -105,8 +105,10 @@ const CONNECTIONS: Intervals = Intervals {
 /// Unix hours), optionally only on host `?3` and of user `?6`. An instant is
 /// the range `[t, t]`: started at or before it, not ended by it.
 ///
-/// Candidates come from the hour lists of ended intervals and the index of
-/// open ones (see the journal's schema); the exact nanosecond columns decide.
+/// Candidates come from the hour lists of ended intervals (the rows of the
+/// range's first hour, and the first-hour rows of the later ones: each
+/// interval once) and the list of open ones (see the journal's schema); the
+/// exact nanosecond columns decide.
 fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
     let Intervals {
         table,
@@ -116,7 +118,9 @@ fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
     } = i;
     format!(
         "SELECT {columns}
-         FROM (SELECT DISTINCT r.id FROM {hours} r WHERE r.hour BETWEEN ?4 AND ?5
+         FROM (SELECT r.id FROM {hours} r WHERE r.hour = ?4
+               UNION ALL
+               SELECT r.id FROM {hours} r WHERE r.hour > ?4 AND r.hour <= ?5 AND r.first
                UNION ALL
                SELECT o.id FROM open_{table} o) AS k
          CROSS JOIN {table}_v x ON x.id = k.id

@@ -277,8 +277,9 @@ fn copy_sessions(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<(
                    started_at, flags)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let mut hour = tx
-                .prepare_cached("INSERT OR IGNORE INTO session_hours (hour, id) VALUES (?1, ?2)")?;
+            let mut hour = tx.prepare_cached(
+                "INSERT OR IGNORE INTO session_hours (hour, id, first) VALUES (?1, ?2, ?3)",
+            )?;
             let mut ends = tx.prepare_cached(
                 "INSERT OR IGNORE INTO session_ends (id, ended_at, end_reason) VALUES (?1, ?2, ?3)",
             )?;
@@ -298,8 +299,8 @@ fn copy_sessions(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<(
                 match ended {
                     Some(end) => {
                         ends.execute(params![s.id as i64, end, reason.unwrap_or(0)])?;
-                        for h in super::hours(s.started_at, end) {
-                            hour.execute(params![h, s.id as i64])?;
+                        for (h, id, first) in super::hour_rows(s.started_at, end, s.id) {
+                            hour.execute(params![h, id, first])?;
                         }
                     }
                     None => {
@@ -358,7 +359,7 @@ fn copy_connections(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Resul
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut hour = tx.prepare_cached(
-                "INSERT OR IGNORE INTO connection_hours (hour, id) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO connection_hours (hour, id, first) VALUES (?1, ?2, ?3)",
             )?;
             let mut ends = tx.prepare_cached(
                 "INSERT OR IGNORE INTO connection_closes (id, closed_at, close_reason)
@@ -378,8 +379,8 @@ fn copy_connections(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Resul
                 match closed {
                     Some(end) => {
                         ends.execute(params![c.id as i64, end, reason.unwrap_or(0)])?;
-                        for h in super::hours(c.opened_at, end) {
-                            hour.execute(params![h, c.id as i64])?;
+                        for (h, id, first) in super::hour_rows(c.opened_at, end, c.id) {
+                            hour.execute(params![h, id, first])?;
                         }
                     }
                     None => {

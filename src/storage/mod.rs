@@ -85,6 +85,12 @@ pub fn hours(start: i64, end: i64) -> std::ops::RangeInclusive<i64> {
     a..=b.min(a + MAX_HOURS)
 }
 
+/// The hour rows of interval `id`: (hour, id, whether it is its first hour).
+pub fn hour_rows(start: i64, end: i64, id: u64) -> impl Iterator<Item = (i64, i64, bool)> {
+    let first = hour_of(start);
+    hours(start, end).map(move |h| (h, id as i64, h == first))
+}
+
 /// Nanoseconds since the Unix epoch, the journal's time unit.
 pub fn nanos(t: Timestamp) -> i64 {
     i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)

@@ -45,8 +45,8 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     let mut connections: Vec<NewConnection<'_>> = Vec::new();
     let mut connection_at: HashMap<u64, usize> = HashMap::default();
     let mut updates: Vec<&Row> = Vec::new();
-    let mut session_hours: Vec<(i64, i64)> = Vec::new();
-    let mut connection_hours: Vec<(i64, i64)> = Vec::new();
+    let mut session_hours: Vec<(i64, i64, bool)> = Vec::new();
+    let mut connection_hours: Vec<(i64, i64, bool)> = Vec::new();
     for row in rows {
         match row {
             Row::Event(e) => events.push(e),
@@ -92,7 +92,7 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                     }
                     None => updates.push(row),
                 }
-                session_hours.extend(super::hours(*started_at, *at).map(|h| (h, *id as i64)));
+                session_hours.extend(super::hour_rows(*started_at, *at, *id));
             }
             Row::ConnectionOpened(c) => {
                 connection_at.entry(c.id).or_insert(connections.len());
@@ -113,7 +113,7 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                     }
                     None => updates.push(row),
                 }
-                connection_hours.extend(super::hours(*opened_at, *at).map(|h| (h, *id as i64)));
+                connection_hours.extend(super::hour_rows(*opened_at, *at, *id));
             }
         }
     }
@@ -222,17 +222,24 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     insert_many(tx, "open_connections (id)", 1, &connected, id)?;
     delete_many(tx, "open_sessions", &ended)?;
     delete_many(tx, "open_connections", &closed)?;
-    let pair = |p: &(i64, i64), b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| {
+    let triple = |p: &(i64, i64, bool), b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| {
         b(&p.0)?;
-        b(&p.1)
+        b(&p.1)?;
+        b(&p.2)
     };
-    insert_many(tx, "session_hours (hour, id)", 2, &session_hours, pair)?;
     insert_many(
         tx,
-        "connection_hours (hour, id)",
-        2,
+        "session_hours (hour, id, first)",
+        3,
+        &session_hours,
+        triple,
+    )?;
+    insert_many(
+        tx,
+        "connection_hours (hour, id, first)",
+        3,
         &connection_hours,
-        pair,
+        triple,
     )?;
     Ok(())
 }

@@ -209,15 +209,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     -- are the rows of one hour, and an hour's rows are written when its
     -- intervals end, near the end of the table (an R*Tree took random
     -- inserts and a third of the writer's time). The exact nanosecond
-    -- columns decide.
+    -- columns decide. `first` marks an interval's first hour, so a range of
+    -- hours lists each interval once: the rows of its first hour, and the
+    -- first rows of the later ones.
     CREATE TABLE session_hours (
         hour INTEGER NOT NULL,
         id INTEGER NOT NULL,
+        first INTEGER NOT NULL,
         PRIMARY KEY (hour, id)
     ) WITHOUT ROWID;
     CREATE TABLE connection_hours (
         hour INTEGER NOT NULL,
         id INTEGER NOT NULL,
+        first INTEGER NOT NULL,
         PRIMARY KEY (hour, id)
     ) WITHOUT ROWID;
     -- The rows with their values, for queries (joins by primary key).
