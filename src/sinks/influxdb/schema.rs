@@ -119,6 +119,11 @@ pub fn user_event(
     } else {
         tags
     };
+    // InfluxDB keys a series by its tags in key order and sorts every point
+    // that comes unsorted; points sent in order spare the server that work
+    // (its documentation's first advice for write performance).
+    let mut tags = tags;
+    tags.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let [user_f, id_f, app_f, name_f] = version.fields();
     let mut fields = vec![
         (user_f, Field::Str(&ev.user)),
