@@ -191,7 +191,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         Self {
             commit_window: HumanDuration::from_millis(100),
-            max_uncommitted: 2_000_000,
+            max_uncommitted: 1_000_000,
         }
     }
 }
