@@ -242,7 +242,9 @@ pub fn events_after(
         "SELECT {EVENT_COLUMNS} FROM events_v WHERE seq > ?1 ORDER BY seq LIMIT ?2"
     ))?;
     let cols = Cols::of(&stmt)?;
-    let rows = stmt.query_map(params![after as i64, limit as i64], |r| stored_event(r, &cols))?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        stored_event(r, &cols)
+    })?;
     rows.collect()
 }
 
