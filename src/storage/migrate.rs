@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::intern::{ConnectionRow0, Encoder, SessionRow0};
+use super::intern::{ConnectionRow0, Encoder, Row, SessionRow0};
 use super::rows::write_rows_in;
 use crate::change::{CloseReason, EndReason};
 use crate::event::{Command, Event, Format, Stream, UserAgent};
@@ -224,172 +224,114 @@ pub(super) fn old_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 
-fn copy_sessions(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<()> {
-    let mut after: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM sessions", [], |r| {
-        r.get(0)
-    })?;
+/// Copies the rows of an old interval table after the newest one already
+/// copied, a chunk a transaction, as the rows the writer writes (`convert`
+/// turns one old row into its id and its new rows: a start, and an end when
+/// it has one), so the copy lands in the same tables the same way.
+fn copy_intervals(
+    conn: &mut Connection,
+    enc: &mut Encoder,
+    table: &str,
+    select: &str,
+    mut convert: impl FnMut(&rusqlite::Row<'_>, &mut Encoder) -> rusqlite::Result<(i64, Vec<Row>)>,
+) -> rusqlite::Result<()> {
+    let mut after: i64 = conn.query_row(
+        &format!("SELECT coalesce(max(id), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )?;
     loop {
         let tx = conn.transaction()?;
         let mut rows = Vec::new();
         {
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, host, user_directory, user_id, proxy_session_id, started_at, ended_at,
-                        end_reason, implied, browser, browser_major, os, os_version, reconciled,
-                        virtual_proxy
-                 FROM v3_sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
+            let mut stmt = tx.prepare_cached(select)?;
             let mut q = stmt.query(params![after, CHUNK])?;
             while let Some(r) = q.next()? {
-                let ua = UserAgent {
-                    browser: r.get("browser")?,
-                    browser_major: r.get("browser_major")?,
-                    os: r.get("os")?,
-                    os_version: r.get("os_version")?,
-                };
-                let row = enc.session_row(SessionRow0 {
-                    id: r.get::<_, i64>("id")? as u64,
-                    host: r.get("host")?,
-                    user_directory: r.get("user_directory")?,
-                    user_id: r.get("user_id")?,
-                    agent: Some(ua),
-                    proxy_session_id: r.get("proxy_session_id")?,
-                    virtual_proxy: r.get("virtual_proxy")?,
-                    started_at: r.get("started_at")?,
-                    implied: r.get("implied")?,
-                    reconciled: r.get("reconciled")?,
-                });
-                let ended: Option<i64> = r.get("ended_at")?;
-                let reason: Option<String> = r.get("end_reason")?;
-                let reason = reason
-                    .and_then(|r| EndReason::from_name(&r))
-                    .map(EndReason::code);
-                after = row.id as i64;
-                rows.push((row, ended, reason));
+                let (id, new) = convert(r, enc)?;
+                after = id;
+                rows.extend(new);
             }
         }
         if rows.is_empty() {
             break;
         }
-        write_rows_in(&tx, &enc.take())?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO sessions (id, host, user, agent, proxy_session_id, virtual_proxy,
-                   started_at, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            let mut hour = tx.prepare_cached(
-                "INSERT OR IGNORE INTO session_hours (hour, id, first) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut ends = tx.prepare_cached(
-                "INSERT OR IGNORE INTO session_ends (id, ended_at, end_reason) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut open =
-                tx.prepare_cached("INSERT OR IGNORE INTO open_sessions (id) VALUES (?1)")?;
-            for (s, ended, reason) in rows {
-                ins.execute(params![
-                    s.id as i64,
-                    s.host,
-                    s.user,
-                    (s.agent != 0).then_some(s.agent),
-                    s.proxy_session_id.as_deref(),
-                    s.virtual_proxy.as_deref(),
-                    s.started_at,
-                    s.flags
-                ])?;
-                match ended {
-                    Some(end) => {
-                        ends.execute(params![s.id as i64, end, reason.unwrap_or(0)])?;
-                        for (h, id, first) in super::hour_rows(s.started_at, end, s.id) {
-                            hour.execute(params![h, id, first])?;
-                        }
-                    }
-                    None => {
-                        open.execute([s.id as i64])?;
-                    }
-                }
-            }
-        }
+        let mut all = enc.take();
+        all.extend(rows);
+        write_rows_in(&tx, &all)?;
         tx.commit()?;
     }
     Ok(())
 }
 
+fn copy_sessions(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<()> {
+    let select = "SELECT id, host, user_directory, user_id, proxy_session_id, started_at, ended_at,
+                         end_reason, implied, browser, browser_major, os, os_version, reconciled,
+                         virtual_proxy
+                  FROM v3_sessions WHERE id > ?1 ORDER BY id LIMIT ?2";
+    copy_intervals(conn, enc, "sessions", select, |r, enc| {
+        let ua = UserAgent {
+            browser: r.get("browser")?,
+            browser_major: r.get("browser_major")?,
+            os: r.get("os")?,
+            os_version: r.get("os_version")?,
+        };
+        let row = enc.session_row(SessionRow0 {
+            id: r.get::<_, i64>("id")? as u64,
+            host: r.get("host")?,
+            user_directory: r.get("user_directory")?,
+            user_id: r.get("user_id")?,
+            agent: Some(ua),
+            proxy_session_id: r.get("proxy_session_id")?,
+            virtual_proxy: r.get("virtual_proxy")?,
+            started_at: r.get("started_at")?,
+            implied: r.get("implied")?,
+            reconciled: r.get("reconciled")?,
+        });
+        let (id, started_at) = (row.id, row.started_at);
+        let mut out = vec![Row::SessionStarted(row)];
+        if let Some(at) = r.get::<_, Option<i64>>("ended_at")? {
+            let reason: Option<String> = r.get("end_reason")?;
+            out.push(Row::SessionEnded {
+                id,
+                started_at,
+                at,
+                reason: reason
+                    .and_then(|r| EndReason::from_name(&r))
+                    .map_or(0, EndReason::code),
+            });
+        }
+        Ok((id as i64, out))
+    })
+}
+
 fn copy_connections(conn: &mut Connection, enc: &mut Encoder) -> rusqlite::Result<()> {
-    let mut after: i64 =
-        conn.query_row("SELECT coalesce(max(id), 0) FROM connections", [], |r| {
-            r.get(0)
-        })?;
-    loop {
-        let tx = conn.transaction()?;
-        let mut rows = Vec::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, host, user_key, app_key, app_id, proxy_session_id, opened_at, closed_at,
-                        close_reason
-                 FROM v3_connections WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let mut q = stmt.query(params![after, CHUNK])?;
-            while let Some(r) = q.next()? {
-                let row = enc.connection_row(ConnectionRow0 {
-                    id: r.get::<_, i64>("id")? as u64,
-                    host: r.get("host")?,
-                    user_key: r.get("user_key")?,
-                    app_key: r.get("app_key")?,
-                    app_id: r.get("app_id")?,
-                    proxy_session_id: r.get("proxy_session_id")?,
-                    opened_at: r.get("opened_at")?,
-                });
-                let closed: Option<i64> = r.get("closed_at")?;
-                let reason: Option<String> = r.get("close_reason")?;
-                let reason = reason
+    let select =
+        "SELECT id, host, user_key, app_key, app_id, proxy_session_id, opened_at, closed_at,
+                         close_reason
+                  FROM v3_connections WHERE id > ?1 ORDER BY id LIMIT ?2";
+    copy_intervals(conn, enc, "connections", select, |r, enc| {
+        let row = enc.connection_row(ConnectionRow0 {
+            id: r.get::<_, i64>("id")? as u64,
+            host: r.get("host")?,
+            user_key: r.get("user_key")?,
+            app_key: r.get("app_key")?,
+            app_id: r.get("app_id")?,
+            proxy_session_id: r.get("proxy_session_id")?,
+            opened_at: r.get("opened_at")?,
+        });
+        let (id, opened_at) = (row.id, row.opened_at);
+        let mut out = vec![Row::ConnectionOpened(row)];
+        if let Some(at) = r.get::<_, Option<i64>>("closed_at")? {
+            let reason: Option<String> = r.get("close_reason")?;
+            out.push(Row::ConnectionClosed {
+                id,
+                opened_at,
+                at,
+                reason: reason
                     .and_then(|r| CloseReason::from_name(&r))
-                    .map(CloseReason::code);
-                after = row.id as i64;
-                rows.push((row, closed, reason));
-            }
+                    .map_or(0, CloseReason::code),
+            });
         }
-        if rows.is_empty() {
-            break;
-        }
-        write_rows_in(&tx, &enc.take())?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO connections (id, host, user, target, proxy_session_id,
-                   opened_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut hour = tx.prepare_cached(
-                "INSERT OR IGNORE INTO connection_hours (hour, id, first) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut ends = tx.prepare_cached(
-                "INSERT OR IGNORE INTO connection_closes (id, closed_at, close_reason)
-                 VALUES (?1, ?2, ?3)",
-            )?;
-            let mut open =
-                tx.prepare_cached("INSERT OR IGNORE INTO open_connections (id) VALUES (?1)")?;
-            for (c, closed, reason) in rows {
-                ins.execute(params![
-                    c.id as i64,
-                    c.host,
-                    c.user,
-                    c.target,
-                    c.proxy_session_id.as_deref(),
-                    c.opened_at
-                ])?;
-                match closed {
-                    Some(end) => {
-                        ends.execute(params![c.id as i64, end, reason.unwrap_or(0)])?;
-                        for (h, id, first) in super::hour_rows(c.opened_at, end, c.id) {
-                            hour.execute(params![h, id, first])?;
-                        }
-                    }
-                    None => {
-                        open.execute([c.id as i64])?;
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-    }
-    Ok(())
+        Ok((id as i64, out))
+    })
 }
