@@ -138,7 +138,11 @@ fn events_come_back_byte_for_byte() {
     let mut conn = open(&path).unwrap();
     // The repository's copy of shared/qlik/samples.txt (tests/samples.rs
     // keeps it in step).
-    let samples = include_str!("../../tests/data/samples.txt");
+    let samples = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/samples.txt"
+    ))
+    .unwrap();
     let mut lines: Vec<String> = LINES.iter().map(|l| l.to_string()).collect();
     lines.push("/whosin-session/;2026-11-21T08:59:59.120Z;41;sense-node1;Start session;LAB;Karin.Lund;AppAccess;/hub/;7d1e0f2a9c;Start session for user 'LAB\\Karin.Lund' twice 'LAB\\Karin.Lund' UserAgent: 'Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0'".into());
     lines.push("/whosin-connection/;2026-11-21T09:00:02.007Z;17;sense-node1;Open connection;LAB;Karin.Lund;AppAccess;/app/3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c;7d1e0f2a9c;connection Opened for session".into());
