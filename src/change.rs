@@ -10,6 +10,27 @@ use jiff::Timestamp;
 
 use crate::event::UserAgent;
 
+/// The journal's small-integer code of a reason (its index in `ALL`), and
+/// the reason of a name as the first schema stored it.
+macro_rules! journal_codes {
+    ($t:ident) => {
+        impl $t {
+            /// The small integer the journal stores (the index in `ALL`).
+            pub fn code(self) -> u8 {
+                self as u8
+            }
+
+            /// The reason named `name` (as `as_str` writes it).
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.into_iter().find(|r| r.as_str() == name)
+            }
+        }
+    };
+}
+
+journal_codes!(EndReason);
+journal_codes!(CloseReason);
+
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -32,23 +53,6 @@ impl EndReason {
         EndReason::Reconciled,
         EndReason::Evicted,
     ];
-
-    /// The small integer the journal stores (its index in [`EndReason::ALL`]).
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    /// The reason stored as `code`.
-    pub fn from_code(code: i64) -> Option<Self> {
-        usize::try_from(code)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
-    }
-
-    /// The reason named `name` (as [`EndReason::as_str`] writes it).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == name)
-    }
 
     /// The name stored in the journal and shown in the API.
     pub fn as_str(self) -> &'static str {
@@ -74,23 +78,6 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every reason, by its code in the journal.
     pub const ALL: [CloseReason; 2] = [CloseReason::Closed, CloseReason::SessionEnded];
-
-    /// The small integer the journal stores.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    /// The reason stored as `code`.
-    pub fn from_code(code: i64) -> Option<Self> {
-        usize::try_from(code)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
-    }
-
-    /// The reason named `name` (as [`CloseReason::as_str`] writes it).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == name)
-    }
 
     /// The name stored in the journal.
     pub fn as_str(self) -> &'static str {

@@ -198,6 +198,17 @@ fn events_come_back_byte_for_byte() {
     assert!(texts >= 1);
 }
 
+/// A copy of `tests/data/journal-v3.sqlite` in `dir`.
+fn previous_release_journal(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = path_in(dir);
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/journal-v3.sqlite"),
+        &path,
+    )
+    .unwrap();
+    path
+}
+
 /// A journal written by the previous release (schema 3: `tests/data/
 /// journal-v3.sqlite`, made by `whosin run` of that release with simulated
 /// traffic in both formats) opens with every event, session, connection,
@@ -205,12 +216,7 @@ fn events_come_back_byte_for_byte() {
 #[test]
 fn a_journal_of_the_previous_release_is_migrated_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let path = path_in(dir.path());
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/journal-v3.sqlite"),
-        &path,
-    )
-    .unwrap();
+    let path = previous_release_journal(dir.path());
     // What the old release wrote, read with its own columns.
     let old = Connection::open(&path).unwrap();
     let v: i64 = old
@@ -329,12 +335,7 @@ fn a_journal_of_the_previous_release_is_migrated_with_nothing_lost() {
 #[test]
 fn an_interrupted_migration_continues() {
     let dir = tempfile::tempdir().unwrap();
-    let path = path_in(dir.path());
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/journal-v3.sqlite"),
-        &path,
-    )
-    .unwrap();
+    let path = previous_release_journal(dir.path());
     {
         let mut conn = Connection::open(&path).unwrap();
         schema::migrate_to(&conn, schema::MIGRATIONS.len()).unwrap();
