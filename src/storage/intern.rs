@@ -185,6 +185,10 @@ pub struct Encoder {
     generation_written: bool,
     out: Vec<Row>,
     scratch: String,
+    /// `DIRECTORY\userid` of the event being encoded.
+    user_full: String,
+    /// Its message with the user's name taken out.
+    template: String,
 }
 
 fn max_id(conn: &Connection, table: &str) -> rusqlite::Result<u32> {
@@ -213,6 +217,8 @@ impl Encoder {
             generation_written: false,
             out: Vec::new(),
             scratch: String::new(),
+            user_full: String::new(),
+            template: String::new(),
         };
         let mut stmt = conn.prepare("SELECT id, name FROM hosts ORDER BY id")?;
         for r in stmt.query_map([], |r| {
@@ -358,8 +364,6 @@ impl Encoder {
     /// Encodes event `seq`.
     pub fn event(&mut self, seq: u64, ev: &Event) {
         self.begin_texts(seq);
-        let user_full = ev.user_full();
-        let templated = !ev.message.contains(USER_MARK) && ev.message.contains(&user_full);
         let mut kind = ev.command.index() as u8;
         if ev.stream == Stream::Connection {
             kind |= kind::CONNECTION;
@@ -367,12 +371,32 @@ impl Encoder {
         if ev.format == Format::Extended {
             kind |= kind::EXTENDED;
         }
+        // The template is made in buffers the encoder keeps: no allocation
+        // per event (a new text is copied once, into the dictionary).
+        let mut user = std::mem::take(&mut self.user_full);
+        user.clear();
+        user.push_str(&ev.user_directory);
+        user.push('\\');
+        user.push_str(&ev.user_id);
+        let templated = !ev.message.contains(USER_MARK) && ev.message.contains(user.as_str());
         let message = if templated {
             kind |= kind::TEMPLATED;
-            self.text(&ev.message.replace(&user_full, "\u{1}"))
+            let mut t = std::mem::take(&mut self.template);
+            t.clear();
+            let mut rest = ev.message.as_str();
+            while let Some(i) = rest.find(user.as_str()) {
+                t.push_str(&rest[..i]);
+                t.push(USER_MARK);
+                rest = &rest[i + user.len()..];
+            }
+            t.push_str(rest);
+            let id = self.text(&t);
+            self.template = t;
+            id
         } else {
             self.text(&ev.message)
         };
+        self.user_full = user;
         let time = super::nanos(ev.time());
         let row = EventRow {
             seq,

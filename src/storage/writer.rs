@@ -359,22 +359,24 @@ impl Writer {
                     rusqlite::params![lo, hi, cutoff],
                 )?;
             }
+            // Intervals that ended before the cutoff, found by their hours.
+            tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS gone (id INTEGER PRIMARY KEY)")?;
+            for (table, ends, end, hours) in [
+                ("sessions", "session_ends", "ended_at", "session_hours"),
+                ("connections", "connection_closes", "closed_at", "connection_hours"),
+            ] {
+                tx.execute_batch(&format!(
+                    "DELETE FROM gone;
+                     INSERT OR IGNORE INTO gone SELECT id FROM {ends}
+                         WHERE id IN (SELECT id FROM {hours} WHERE hour <= {hour}) AND {end} < {cutoff};
+                     DELETE FROM {table} WHERE id IN (SELECT id FROM gone);
+                     DELETE FROM {ends} WHERE id IN (SELECT id FROM gone);
+                     DELETE FROM {hours} WHERE hour < {hour};"
+                ))?;
+            }
             tx.execute_batch(&format!(
                 "DELETE FROM event_blocks WHERE max_time < {cutoff}
                    AND block < (SELECT coalesce(max(seq), 0) FROM events) / {block};
-                 CREATE TEMP TABLE IF NOT EXISTS gone (id INTEGER PRIMARY KEY);
-                 DELETE FROM gone;
-                 INSERT OR IGNORE INTO gone SELECT id FROM session_ends
-                     WHERE id IN (SELECT id FROM session_hours WHERE hour <= {hour}) AND ended_at < {cutoff};
-                 DELETE FROM sessions WHERE id IN (SELECT id FROM gone);
-                 DELETE FROM session_ends WHERE id IN (SELECT id FROM gone);
-                 DELETE FROM session_hours WHERE hour < {hour};
-                 DELETE FROM gone;
-                 INSERT OR IGNORE INTO gone SELECT id FROM connection_closes
-                     WHERE id IN (SELECT id FROM connection_hours WHERE hour <= {hour}) AND closed_at < {cutoff};
-                 DELETE FROM connections WHERE id IN (SELECT id FROM gone);
-                 DELETE FROM connection_closes WHERE id IN (SELECT id FROM gone);
-                 DELETE FROM connection_hours WHERE hour < {hour};
                  CREATE TEMP TABLE IF NOT EXISTS text_floor (id INTEGER);
                  DELETE FROM text_floor;
                  INSERT INTO text_floor SELECT coalesce(max(first_id), 0) FROM text_generations
