@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 
 use crate::blacklist::Blacklist;
-use crate::config::{self, Config};
+use crate::config::{self, Config, HttpConfig};
 use crate::http::{AppState, Health};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::Metrics;
@@ -100,6 +100,19 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
             )
         })?;
     let http_addr: SocketAddr = listener.local_addr()?;
+    // Validation read the files already; they are read again to serve them
+    // (they may have changed in between, and the error says which key).
+    let tls = crate::http::tls::server_config(&config.http.tls)
+        .map_err(|(key, why)| anyhow::anyhow!("http.tls.{key}: {why}"))?
+        .map(crate::http::tls::Acceptor::new);
+    if !config.http.listen.ip().is_loopback() && config.http.auth_token.is_none() && tls.is_none() {
+        tracing::warn!(
+            "http.listen {} is reachable from the network, with neither http.auth_token nor \
+             http.tls set: anyone who can reach it sees who is logged in. Set http.auth_token \
+             and http.tls (docs/security.md), or listen on 127.0.0.1",
+            config.http.listen
+        );
+    }
 
     let journal_path = storage::path_in(&config.data_dir);
     let conn = storage::open(&journal_path)
@@ -275,14 +288,16 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
             sink_updates,
             metrics.clone(),
             per_user_limit.clone(),
+            tls.clone(),
         ),
         config::Source::Embedded => None,
     };
     drop(tx);
 
     // Tests and scripts read this line to learn the ports (0 in the config picks free ones).
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "whosin: listening for Qlik user events on udp {udp_addr}; page, API and /metrics on http://{http_addr}"
+        "whosin: listening for Qlik user events on udp {udp_addr}; page, API and /metrics on {scheme}://{http_addr}"
     );
 
     let ending = stop_http.clone();
@@ -295,6 +310,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         listener,
         app,
         crate::http::server::Limits::from_config(&config.http),
+        tls,
         stop_http,
     )
     .await
@@ -337,6 +353,7 @@ fn start_watch(
     sinks: tokio::sync::watch::Sender<crate::sinks::SinkSettings>,
     metrics: Arc<Metrics>,
     per_user_limit: Arc<std::sync::atomic::AtomicUsize>,
+    tls: Option<crate::http::tls::Acceptor>,
 ) -> Option<config::watch::Watch> {
     let current = std::sync::Mutex::new(initial);
     let shown = path.display().to_string();
@@ -353,13 +370,26 @@ fn start_watch(
                 return;
             }
         };
+        // A certificate renewed in place is read again on every reload
+        // (touching the config file is enough); the others need a restart.
+        if let (Some(acceptor), true) = (&tls, new.http.tls.enabled()) {
+            match acceptor.reload(&new.http.tls) {
+                Ok(()) => tracing::info!("http.tls: certificate and key read again"),
+                Err(e) => tracing::error!("{e}; the previous certificate stays"),
+            }
+        }
         let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
         if *current == new {
             return;
         }
+        let http_changed = HttpConfig {
+            tls: new.http.tls.clone(),
+            ..current.http.clone()
+        } != new.http
+            || (tls.is_none() && new.http.tls.enabled());
         for (key, changed) in [
             ("udp", current.udp != new.udp),
-            ("http", current.http != new.http),
+            ("http", http_changed),
             ("data_dir", current.data_dir != new.data_dir),
             ("retention", current.retention != new.retention),
             ("qlik", current.qlik != new.qlik),

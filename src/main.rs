@@ -51,6 +51,9 @@ enum Cmd {
         /// Table order.
         #[arg(long, value_enum, default_value_t = whosin::who::Sort::Host)]
         sort: whosin::who::Sort,
+        /// PEM file of CA certificates to trust, besides the system's, for a daemon with http.tls.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
     },
     /// The Qlik proxy service's own sessions: list them, end them (needs `qlik:`).
     Sessions {
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
             server,
             token,
             sort,
+            ca,
         } => {
             // The config, when there is one, tells where the daemon listens and its token.
             let config = source.load().ok();
@@ -183,7 +187,12 @@ fn main() -> ExitCode {
                     if addr.ip().is_unspecified() {
                         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                     }
-                    format!("http://{addr}")
+                    let scheme = if c.http.tls.enabled() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{addr}")
                 }
                 None => "http://127.0.0.1:9842".to_owned(),
             });
@@ -199,6 +208,7 @@ fn main() -> ExitCode {
                 format,
                 token,
                 sort,
+                ca,
             };
             match whosin::who::run(&opts) {
                 Ok(out) => {

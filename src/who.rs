@@ -51,6 +51,9 @@ pub struct Options {
     pub token: Option<String>,
     /// Table order (JSON stays as the API sends it).
     pub sort: Sort,
+    /// A PEM file of CA certificates to trust besides the system's, for a
+    /// daemon with `http.tls` whose certificate a private CA signed.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// A failure the user caused (bad `--at`, unknown user syntax): exit code 2.
@@ -87,18 +90,41 @@ async fn fetch(opts: &Options) -> anyhow::Result<String> {
         ))
     })?;
     url.query_pairs_mut().extend_pairs(query);
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         // The daemon answers once its journal has committed (seconds after a burst).
-        .timeout(Duration::from_secs(150))
-        .build()
-        .context("creating the HTTP client")?;
+        .timeout(Duration::from_secs(150));
+    if let Some(ca) = &opts.ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| BadRequest(format!("--ca {}: cannot read it: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            BadRequest(format!(
+                "--ca {}: not a PEM file of certificates: {e}",
+                ca.display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(BadRequest(format!(
+                "--ca {} holds no certificate (-----BEGIN CERTIFICATE-----)",
+                ca.display()
+            ))
+            .into());
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    let client = builder.build().context("creating the HTTP client")?;
     let mut req = client.get(url);
     if let Some(t) = &opts.token {
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.with_context(|| {
+        let hint = if base.starts_with("https://") {
+            "; if its certificate is signed by a private CA, pass that CA with --ca FILE, and \
+             name the host the certificate was made for in --server"
+        } else {
+            "; if it has http.tls, use --server https://..."
+        };
         format!(
-            "cannot reach whosin at {base}: is it running, and is --server (or http.listen) right?"
+            "cannot reach whosin at {base}: is it running, and is --server (or http.listen) right?{hint}"
         )
     })?;
     let status = resp.status();

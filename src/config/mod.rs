@@ -160,6 +160,26 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Largest request body; more is answered 413 (every route is a GET).
     pub max_body_bytes: usize,
+    /// A certificate and key: the page, API, stream and `/metrics` are then
+    /// served over HTTPS only.
+    pub tls: TlsFiles,
+}
+
+/// `http.tls:` PEM files for HTTPS; both null (the default) serves plain HTTP.
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether HTTPS is asked for (either file named).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
 }
 
 impl Default for HttpConfig {
@@ -172,6 +192,7 @@ impl Default for HttpConfig {
             request_timeout: HumanDuration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_body_bytes: 16 * 1024,
+            tls: TlsFiles::default(),
         }
     }
 }

@@ -64,6 +64,11 @@ fn http(h: &HttpConfig, p: &mut Scope<'_>) {
             "is empty: remove it (null) or set a real token",
         );
     }
+    // The files are read here, so that `check-config` and a reload name a
+    // bad certificate or key before the daemon would serve with it.
+    if let Err((key, why)) = crate::http::tls::server_config(&h.tls) {
+        p.nested("tls").add(key, why);
+    }
 }
 
 fn journal(j: &JournalConfig, p: &mut Scope<'_>) {

@@ -4,6 +4,7 @@ pub mod api;
 pub mod inventory;
 pub mod server;
 pub mod stream;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -8,6 +8,9 @@
 //! `http.max_header_bytes` (431 otherwise), and an idle keep-alive connection
 //! is closed after the same timeout. Request bodies and answer times are
 //! limited in [`super::router`] by tower-http layers.
+//!
+//! With `http.tls`, every connection is TLS (there is no plain port beside
+//! it): the handshake must also finish within `http.header_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +19,8 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,6 +62,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<super::tls::Acceptor>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -86,14 +90,42 @@ pub async fn serve(
                     crate::ratelog::more(more)
                 );
             }
-            tracker.spawn(refuse(stream));
+            let tls = tls.as_ref().map(super::tls::Acceptor::get);
+            tracker.spawn(async move {
+                match tls {
+                    None => refuse(stream).await,
+                    Some(acceptor) => {
+                        if let Ok(Ok(s)) =
+                            tokio::time::timeout(BUSY_WRITE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            refuse(s).await;
+                        }
+                    }
+                }
+            });
             continue;
         };
         let app = app.clone();
         let limits = limits.clone();
         let stop = stop.clone();
+        let tls = tls.as_ref().map(super::tls::Acceptor::get);
         tracker.spawn(async move {
-            serve_connection(stream, peer, app, &limits, stop).await;
+            match tls {
+                None => serve_connection(stream, peer, app, &limits, stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        () = stop.cancelled() => return,
+                        h = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)) => h,
+                    };
+                    match handshake {
+                        Ok(Ok(s)) => serve_connection(s, peer, app, &limits, stop).await,
+                        // A plain-HTTP client or a browser that does not trust
+                        // the certificate ends here; it is theirs to fix.
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -103,7 +135,7 @@ pub async fn serve(
 }
 
 /// Answers 503 without reading the request, then closes.
-async fn refuse(mut stream: TcpStream) {
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S) {
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BUSY}",
@@ -116,8 +148,8 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     limits: &Limits,

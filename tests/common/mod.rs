@@ -12,6 +12,7 @@ pub mod fake_new_relic;
 pub mod fake_qps;
 pub mod influx;
 pub mod mosquitto;
+pub mod tls;
 
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -116,13 +117,8 @@ impl Daemon {
             .unwrap()
             .parse()
             .unwrap();
-        let http = line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        // (`https://B` with `http.tls`.)
+        let http = line.rsplit("://").next().unwrap().trim().parse().unwrap();
         Daemon {
             child,
             udp,
@@ -295,7 +291,7 @@ pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, Strin
     (code, body)
 }
 
-fn dechunk(mut body: &str) -> String {
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
