@@ -17,10 +17,10 @@ fn wait_https(d: &Daemon, ca: &std::path::Path, path: &str, want: impl Fn(&str) 
     let until = Instant::now() + DEADLINE;
     loop {
         let last = https_get(d.http, ca, path, AUTH);
-        if let Ok((200, body)) = &last {
-            if want(body) {
-                return body.clone();
-            }
+        if let Ok((200, body)) = &last
+            && want(body)
+        {
+            return body.clone();
         }
         assert!(
             Instant::now() < until,
