@@ -20,6 +20,13 @@ macro_rules! journal_codes {
                 self as u8
             }
 
+            /// The reason of a journal code.
+            pub fn from_code(code: i64) -> Option<Self> {
+                usize::try_from(code)
+                    .ok()
+                    .and_then(|i| Self::ALL.get(i).copied())
+            }
+
             /// The reason named `name` (as `as_str` writes it).
             pub fn from_name(name: &str) -> Option<Self> {
                 Self::ALL.into_iter().find(|r| r.as_str() == name)

@@ -34,7 +34,7 @@ const MAX_LIMIT: usize = 100_000;
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn bad(msg: impl Into<String>) -> Self {
+    pub(super) fn bad(msg: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, msg.into())
     }
 
@@ -77,6 +77,46 @@ fn required_time(p: &HashMap<String, String>, name: &str) -> Result<Timestamp, A
             "{name}: required, an RFC 3339 time like 2026-11-21T10:42:00Z"
         ))
     })
+}
+
+/// `from` and `to`, both required, in order.
+pub(super) fn range(p: &HashMap<String, String>) -> Result<(Timestamp, Timestamp), ApiError> {
+    let from = required_time(p, "from")?;
+    let to = required_time(p, "to")?;
+    if to < from {
+        return Err(ApiError::bad("to: is before from"));
+    }
+    Ok((from, to))
+}
+
+/// `step` (or `default`) as a duration and as written, giving at most
+/// [`MAX_POINTS`] points over `[from, to]`.
+pub(super) fn step_param(
+    p: &HashMap<String, String>,
+    from: Timestamp,
+    to: Timestamp,
+    default: Option<&str>,
+) -> Result<(HumanDuration, String), ApiError> {
+    let step_text = p
+        .get("step")
+        .map(String::as_str)
+        .or(default)
+        .ok_or_else(|| ApiError::bad("step: required, a duration like 5m"))?
+        .to_owned();
+    let step: HumanDuration = step_text
+        .parse()
+        .map_err(|e| ApiError::bad(format!("step: {e}")))?;
+    if step.get().is_zero() {
+        return Err(ApiError::bad("step: must be longer than 0s"));
+    }
+    let span = to.duration_since(from).as_secs_f64();
+    let points = (span / step.get().as_secs_f64()).floor() + 2.0;
+    if points > MAX_POINTS as f64 {
+        return Err(ApiError::bad(format!(
+            "step: {step_text} gives {points:.0} points over this range; at most {MAX_POINTS}"
+        )));
+    }
+    Ok((step, step_text))
 }
 
 pub(super) fn filter(p: &HashMap<String, String>) -> Result<Filter, ApiError> {
@@ -152,11 +192,7 @@ pub(super) async fn read<T: Send + 'static>(
 /// `GET /api/v1/events?from=&to=[&user=&host=&app=&limit=&after=]`
 pub async fn events(State(s): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
     known(&p, &["from", "to", "user", "host", "app", "limit", "after"])?;
-    let from = required_time(&p, "from")?;
-    let to = required_time(&p, "to")?;
-    if to < from {
-        return Err(ApiError::bad("to: is before from"));
-    }
+    let (from, to) = range(&p)?;
     let limit = match p.get("limit") {
         None => DEFAULT_LIMIT,
         Some(v) => match v.parse::<usize>() {
@@ -202,28 +238,8 @@ pub async fn concurrency(
     Query(p): Params,
 ) -> Result<Response, ApiError> {
     known(&p, &["from", "to", "step", "host", "app"])?;
-    let from = required_time(&p, "from")?;
-    let to = required_time(&p, "to")?;
-    if to < from {
-        return Err(ApiError::bad("to: is before from"));
-    }
-    let step_text = p
-        .get("step")
-        .ok_or_else(|| ApiError::bad("step: required, a duration like 5m"))?
-        .clone();
-    let step: HumanDuration = step_text
-        .parse()
-        .map_err(|e| ApiError::bad(format!("step: {e}")))?;
-    if step.get().is_zero() {
-        return Err(ApiError::bad("step: must be longer than 0s"));
-    }
-    let span = to.duration_since(from).as_secs_f64();
-    let points = (span / step.get().as_secs_f64()).floor() + 2.0;
-    if points > MAX_POINTS as f64 {
-        return Err(ApiError::bad(format!(
-            "step: {step_text} gives {points:.0} points over this range; at most {MAX_POINTS}"
-        )));
-    }
+    let (from, to) = range(&p)?;
+    let (step, step_text) = step_param(&p, from, to, None)?;
     let f = filter(&p)?;
     if f.user_key.is_some() {
         return Err(ApiError::bad("user: not a filter of /api/v1/concurrency"));

@@ -5,6 +5,7 @@ pub mod inventory;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod views;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,12 +98,15 @@ pub fn router(state: AppState, limits: RequestLimits) -> Router {
         .route("/api/v1/limits", get(inventory::limits))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/concurrency", get(api::concurrency))
+        .route("/api/v1/timeline", get(views::timeline_route))
+        .route("/api/v1/peaks", get(views::peaks_route))
         .route_layer(token());
     let timed = Router::new()
         .merge(api)
         .route("/", get(index))
         .route("/assets/page.js", get(page_js))
         .route("/assets/page.css", get(page_css))
+        .route("/assets/views.js", get(views_js))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -153,6 +157,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 const PAGE_HTML: &str = include_str!("../../assets/page/index.html");
 const PAGE_JS: &str = include_str!("../../assets/page/page.js");
 const PAGE_CSS: &str = include_str!("../../assets/page/page.css");
+const VIEWS_JS: &str = include_str!("../../assets/page/views.js");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -172,6 +177,10 @@ async fn index() -> Response {
 
 async fn page_js() -> Response {
     asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+async fn views_js() -> Response {
+    asset("text/javascript; charset=utf-8", VIEWS_JS)
 }
 
 async fn page_css() -> Response {

@@ -6,8 +6,6 @@
 //! Both the live API (`at` = now) and the past use this one path, after the
 //! journal committed everything the core had, so the two can never disagree.
 
-use std::collections::BTreeMap;
-
 use foldhash::HashMap;
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
@@ -79,21 +77,21 @@ pub struct Filter {
 }
 
 /// A journal table of intervals: its name and its start and end columns.
-struct Intervals {
+pub(crate) struct Intervals {
     table: &'static str,
     hours: &'static str,
     start: &'static str,
     end: &'static str,
 }
 
-const SESSIONS: Intervals = Intervals {
+pub(crate) const SESSIONS: Intervals = Intervals {
     table: "sessions",
     hours: "session_hours",
     start: "started_at",
     end: "ended_at",
 };
 
-const CONNECTIONS: Intervals = Intervals {
+pub(crate) const CONNECTIONS: Intervals = Intervals {
     table: "connections",
     hours: "connection_hours",
     start: "opened_at",
@@ -109,7 +107,7 @@ const CONNECTIONS: Intervals = Intervals {
 /// range's first hour, and the first-hour rows of the later ones: each
 /// interval once) and the list of open ones (see the journal's schema); the
 /// exact nanosecond columns decide.
-fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
+pub(crate) fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
     let Intervals {
         table,
         hours,
@@ -267,185 +265,10 @@ fn sessions_query(
     })
 }
 
-/// One point of the concurrency curve.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub struct Point {
-    /// The instant.
-    pub t: Timestamp,
-    /// Sessions in.
-    pub sessions: u64,
-    /// Distinct users in.
-    pub users: u64,
-    /// Connections open.
-    pub connections: u64,
-}
-
-/// The body of `/api/v1/concurrency`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ConcurrencyAnswer {
-    /// Start of the range.
-    pub from: Timestamp,
-    /// End of the range.
-    pub to: Timestamp,
-    /// The step, as written (`5m`).
-    pub step: String,
-    /// The state at `from + k*step`, and last at `to`.
-    pub points: Vec<Point>,
-    /// The instant in the range with the most sessions (the earliest such).
-    pub peak: Point,
-}
-
-/// Most points one concurrency answer may have.
-pub const MAX_POINTS: usize = 10_000;
-
-/// The sampled instants of a concurrency curve (nanoseconds): `lo`,
-/// `lo + step`, ... below `hi`, and last `hi`.
-pub fn instants(lo: i64, hi: i64, step: std::time::Duration) -> Vec<i64> {
-    let mut out: Vec<i64> = Vec::new();
-    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
-    let mut t = lo;
-    while t < hi && out.len() < MAX_POINTS {
-        out.push(t);
-        t = t.saturating_add(step_ns);
-    }
-    out.push(hi);
-    out
-}
-
-/// The concurrency curve over `[from, to]`, computed by one sweep over the
-/// intervals that overlap the range (not one query per point).
-pub fn concurrency(
-    conn: &Connection,
-    from: Timestamp,
-    to: Timestamp,
-    step: std::time::Duration,
-    step_text: String,
-    f: &Filter,
-) -> rusqlite::Result<ConcurrencyAnswer> {
-    let (lo, hi) = (nanos(from), nanos(to));
-    // (time, order, kind): at one instant ends (order 0) apply before starts
-    // (order 1), matching started_at <= t < ended_at.
-    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-    enum Kind {
-        SessionEnd,
-        ConnEnd,
-        SessionStart,
-        ConnStart,
-    }
-    let mut changes: Vec<(i64, Kind, u32)> = Vec::new();
-    let mut user_ids: HashMap<i64, u32> = HashMap::default();
-    let (lo_s, hi_s) = (hour_of(lo), hour_of(hi));
-    let no_user: Option<String> = None;
-    let mut stmt = conn.prepare_cached(&overlapping(
-        SESSIONS,
-        "x.user_ref, x.started_at, x.ended_at",
-        "",
-    ))?;
-    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s, no_user], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Option<i64>>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (key, start, end) = row?;
-        let next = user_ids.len() as u32;
-        let uid = *user_ids.entry(key).or_insert(next);
-        changes.push((start, Kind::SessionStart, uid));
-        if let Some(e) = end {
-            changes.push((e, Kind::SessionEnd, uid));
-        }
-    }
-    let mut stmt =
-        conn.prepare_cached(&overlapping(CONNECTIONS, "x.opened_at, x.closed_at", ""))?;
-    let rows = stmt.query_map(params![lo, hi, f.host, lo_s, hi_s, no_user], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
-    })?;
-    for row in rows {
-        let (start, end) = row?;
-        changes.push((start, Kind::ConnStart, 0));
-        if let Some(e) = end {
-            changes.push((e, Kind::ConnEnd, 0));
-        }
-    }
-    changes.sort_unstable();
-
-    let instants = instants(lo, hi, step);
-
-    let mut sessions: i64 = 0;
-    let mut conns: i64 = 0;
-    let mut per_user: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut i = 0;
-    let apply = |upto: i64,
-                 sessions: &mut i64,
-                 conns: &mut i64,
-                 per_user: &mut BTreeMap<u32, u32>,
-                 i: &mut usize| {
-        while *i < changes.len() && changes[*i].0 <= upto {
-            let (_, kind, uid) = changes[*i];
-            match kind {
-                Kind::SessionStart => {
-                    *sessions += 1;
-                    *per_user.entry(uid).or_insert(0) += 1;
-                }
-                Kind::SessionEnd => {
-                    *sessions -= 1;
-                    if let Some(n) = per_user.get_mut(&uid) {
-                        *n -= 1;
-                        if *n == 0 {
-                            per_user.remove(&uid);
-                        }
-                    }
-                }
-                Kind::ConnStart => *conns += 1,
-                Kind::ConnEnd => *conns -= 1,
-            }
-            *i += 1;
-        }
-    };
-    let point = |t: i64, s: i64, c: i64, u: usize| Point {
-        t: from_nanos(t),
-        sessions: s.max(0) as u64,
-        users: u as u64,
-        connections: c.max(0) as u64,
-    };
-
-    // The state at `from`, then at each change inside the range, for the peak;
-    // the sampled points are taken on the way.
-    apply(lo, &mut sessions, &mut conns, &mut per_user, &mut i);
-    let mut peak = point(lo, sessions, conns, per_user.len());
-    let mut points = Vec::with_capacity(instants.len());
-    let mut next_point = 0;
-    while next_point < instants.len() && instants[next_point] <= lo {
-        points.push(point(instants[next_point], sessions, conns, per_user.len()));
-        next_point += 1;
-    }
-    while i < changes.len() && changes[i].0 <= hi {
-        let at = changes[i].0;
-        while next_point < instants.len() && instants[next_point] < at {
-            points.push(point(instants[next_point], sessions, conns, per_user.len()));
-            next_point += 1;
-        }
-        apply(at, &mut sessions, &mut conns, &mut per_user, &mut i);
-        if sessions.max(0) as u64 > peak.sessions {
-            peak = point(at, sessions, conns, per_user.len());
-        }
-    }
-    while next_point < instants.len() {
-        points.push(point(instants[next_point], sessions, conns, per_user.len()));
-        next_point += 1;
-    }
-    Ok(ConcurrencyAnswer {
-        from,
-        to,
-        step: step_text,
-        points,
-        peak,
-    })
-}
-
+pub mod curve;
+pub use curve::{ConcurrencyAnswer, MAX_POINTS, Point, concurrency, instants};
 pub mod inventory;
+pub mod timeline;
 
 #[cfg(test)]
 mod tests;

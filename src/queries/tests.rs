@@ -192,3 +192,126 @@ fn concurrency_points_and_peak() {
         "the earliest instant with the most sessions"
     );
 }
+
+/// The traffic of `concurrency_points_and_peak`: anna twice on n1, bob on n2
+/// with an app open.
+fn morning() -> Fixture {
+    let mut fx = Fixture::new();
+    fx.send(0, "n1", "Start session", "LAB\\anna");
+    fx.send(10, "n1", "Start session", "LAB\\anna");
+    fx.send(12, "n2", "Start session", "CORP\\bob");
+    fx.send(13, "n2", "Open connection", "CORP\\bob");
+    fx.send(20, "n1", "Stop session", "LAB\\anna");
+    fx.send(25, "n2", "Stop session", "CORP\\bob");
+    fx
+}
+
+#[test]
+fn peaks_are_the_most_at_any_instant_of_each_bucket() {
+    let fx = morning();
+    let p = curve::peaks(
+        &fx.conn,
+        at(0),
+        at(30),
+        Duration::from_secs(300),
+        "5m".into(),
+        &all(),
+    )
+    .unwrap();
+    let got: Vec<(Timestamp, u64, u64, u64)> = p
+        .buckets
+        .iter()
+        .map(|b| (b.t, b.sessions, b.users, b.connections))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (at(0), 1, 1, 0),
+            (at(5), 1, 1, 0),
+            // 3 sessions from 12, though a sample at 10 or 15 would see 2 or 3.
+            (at(10), 3, 2, 1),
+            (at(15), 3, 2, 1),
+            (at(20), 2, 2, 1),
+            // bob stopped exactly at 25: not in that bucket.
+            (at(25), 1, 1, 0),
+        ]
+    );
+    // A crowd between two samples: sampled at 0 and 15 the curve never sees 3.
+    let hourly = curve::peaks(
+        &fx.conn,
+        at(-60),
+        at(60),
+        Duration::from_secs(3600),
+        "1h".into(),
+        &Filter {
+            host: Some("n1".into()),
+            ..all()
+        },
+    )
+    .unwrap();
+    let got: Vec<u64> = hourly.buckets.iter().map(|b| b.sessions).collect();
+    assert_eq!(got, vec![0, 2]);
+}
+
+#[test]
+fn a_timeline_has_the_sessions_and_connections_of_a_window_and_how_they_ended() {
+    let mut fx = morning();
+    fx.send(40, "n1", "Start session", "LAB\\carl");
+    fx.expire(40 + 31);
+    let t = timeline::timeline(&fx.conn, at(11), at(14), &all()).unwrap();
+    let got: Vec<(String, Timestamp, Option<Timestamp>, Option<&str>)> = t
+        .sessions
+        .iter()
+        .map(|s| (s.user.clone(), s.started_at, s.ended_at, s.end_reason))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("LAB\\anna".into(), at(0), Some(at(20)), Some("stopped")),
+            // Idle from 10: expired 30 minutes later, when carl's check ran.
+            ("LAB\\anna".into(), at(10), Some(at(40)), Some("expired")),
+            ("CORP\\bob".into(), at(12), Some(at(25)), Some("stopped")),
+        ]
+    );
+    assert_eq!(t.connections.len(), 1);
+    let c = &t.connections[0];
+    assert_eq!(
+        c.session,
+        Some(t.sessions[2].id),
+        "bob's connection is in bob's session"
+    );
+    assert_eq!(c.app.as_ref().map(|a| a.id.as_str()), Some(APP));
+    assert_eq!((c.opened_at, c.closed_at), (at(13), Some(at(25))));
+    assert_eq!(c.close_reason, Some("session_ended"));
+    assert!(!t.truncated);
+
+    // A window after anna's first session ended leaves it out; carl expired.
+    let later = timeline::timeline(&fx.conn, at(21), at(80), &all()).unwrap();
+    let got: Vec<(&str, Option<&str>)> = later
+        .sessions
+        .iter()
+        .map(|s| (s.user.as_str(), s.end_reason))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("LAB\\anna", Some("expired")),
+            ("CORP\\bob", Some("stopped")),
+            ("LAB\\carl", Some("expired"))
+        ]
+    );
+
+    // One user's history.
+    let bob = timeline::timeline(
+        &fx.conn,
+        at(-600),
+        at(600),
+        &Filter {
+            user_key: Some("corp\\bob".into()),
+            ..all()
+        },
+    )
+    .unwrap();
+    assert_eq!(bob.sessions.len(), 1);
+    assert_eq!(bob.connections.len(), 1);
+}

@@ -68,7 +68,7 @@ try {
   await rowsBecome(page, want.now, 'at first');
   // Apps by the name the Qlik repository gives, the id on hover.
   if (want.app) {
-    const app = await page.$eval('#who tbody tr[data-user="LAB\\\\anna"] span[data-app]',
+    const app = await page.$eval('#who tbody tr[data-user="LAB\\\\anna"] [data-app]',
       (s) => ({ text: s.textContent, title: s.getAttribute('title') }));
     if (app.text !== want.app.name || !app.title.startsWith(want.app.id)) {
       throw new Error(`anna's app shows ${JSON.stringify(app)}, expected ${JSON.stringify(want.app)}`);
