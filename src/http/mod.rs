@@ -171,8 +171,22 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The page may only talk to whosin itself (its scripts, styles, the API and
+/// the stream); inline styles are for the bars and cells it positions.
+const PAGE_CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+     frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
 async fn index() -> Response {
-    asset("text/html; charset=utf-8", PAGE_HTML)
+    let mut r = asset("text/html; charset=utf-8", PAGE_HTML);
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(PAGE_CSP),
+    );
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 async fn page_js() -> Response {
