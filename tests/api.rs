@@ -153,6 +153,50 @@ fn who_was_in_now_and_at_a_past_instant() {
         c["peak"]["connections"], 1,
         "the peak is when anna had her app open"
     );
+
+    // The timeline of the whole day: anna stopped (her app closed with her
+    // session), bob and carl still in; by start.
+    let day = format!(
+        "from={}&to={}",
+        jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24),
+        now()
+    );
+    let tl = d.json(&format!("/api/v1/timeline?{day}"));
+    let sessions: Vec<(String, String)> = tl["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["user"].as_str().unwrap().to_owned(),
+                s["end_reason"].as_str().unwrap_or("open").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sessions,
+        [
+            ("LAB\\Anna", "stopped"),
+            ("LAB\\bob", "open"),
+            ("CORP\\carl", "open")
+        ]
+        .map(|(u, r)| (u.to_owned(), r.to_owned()))
+    );
+    let conns = tl["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0]["session"], tl["sessions"][0]["id"]);
+    assert_eq!(conns[0]["app"]["id"], APP);
+    assert_eq!(conns[0]["close_reason"], "session_ended");
+    assert_eq!(tl["truncated"], false);
+    // Only the app: anna's session and her connection.
+    let app = d.json(&format!("/api/v1/timeline?{day}&app={APP}"));
+    assert_eq!(app["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(app["sessions"][0]["user"], "LAB\\Anna");
+    // Peaks: one bucket for the whole range, with the most at once.
+    let p = d.json(&format!("/api/v1/peaks?{day}&step=2d"));
+    assert_eq!(p["buckets"][0]["sessions"], 2);
+    assert_eq!(p["buckets"][0]["connections"], 1);
+    assert_eq!(p["step"], "2d");
 }
 
 #[test]
@@ -178,6 +222,23 @@ fn bad_parameters_are_named() {
         (
             "/api/v1/concurrency?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=1s",
             "step:",
+        ),
+        ("/api/v1/timeline?from=2026-01-01T00:00:00Z", "to:"),
+        (
+            "/api/v1/timeline?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
+            "to:",
+        ),
+        (
+            "/api/v1/timeline?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&user=anna",
+            "user:",
+        ),
+        (
+            "/api/v1/peaks?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=1s",
+            "step:",
+        ),
+        (
+            "/api/v1/peaks?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&app=x",
+            "app:",
         ),
     ] {
         let (code, body) = d.get(path);
