@@ -582,6 +582,9 @@ fn provisioning_files_and_dashboards_fit_together() {
             );
         }
         for v in d["templating"]["list"].as_array().unwrap() {
+            if v["type"] != "query" {
+                continue;
+            }
             assert_eq!(v["multi"], true, "{file}: {v}");
             assert_eq!(v["includeAll"], true, "{file}: {v}");
             assert_eq!(v["allValue"], ".*", "{file}: {v}");
@@ -673,6 +676,9 @@ fn every_panel_query_returns_data_from_real_servers() {
             for (label, values) in [("All", &all), ("one value", &one)] {
                 let mut vars = macros(q.source);
                 for v in dashboard["templating"]["list"].as_array().unwrap() {
+                    if v["type"] != "query" {
+                        continue;
+                    }
                     let name = v["name"].as_str().unwrap();
                     let value = values
                         .get(name)
@@ -770,4 +776,58 @@ fn the_influxdb_3_dashboard_is_the_user_activity_one_with_v3_field_names() {
         queries.contains("WITH KEY = \\\"userFull\\\""),
         "tags keep their names"
     );
+}
+
+/// Every panel of sessions, users or connections over time links to the
+/// page at the clicked instant (a Grafana data link: `${__value.time}` is
+/// Unix milliseconds, which the page takes for `at`; tests/page_views.rs
+/// opens the page that way), with the node when the series has one.
+#[test]
+fn session_panels_link_to_the_page_at_the_clicked_instant() {
+    let files = [
+        "grafana/dashboards/who-is-logged-in.json",
+        "grafana/dashboards/user-activity.json",
+        "grafana/influxdb3/user-activity.json",
+    ];
+    for file in files {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let url_var = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "whosin_url")
+            .unwrap_or_else(|| panic!("{file}: no whosin_url variable"));
+        assert_eq!(url_var["type"], "textbox", "{file}");
+        assert_eq!(url_var["query"], "http://localhost:9842", "{file}");
+        let mut linked = 0;
+        let mut panels: Vec<&Value> = d["panels"].as_array().unwrap().iter().collect();
+        while let Some(p) = panels.pop() {
+            panels.extend(p["panels"].as_array().into_iter().flatten());
+            let title = p["title"].as_str().unwrap_or("");
+            let about_sessions = ["Sessions", "sessions", "Users", "users", "Connections"]
+                .iter()
+                .any(|w| title.contains(w));
+            if p["type"] != "timeseries" || !about_sessions {
+                continue;
+            }
+            let links = p["fieldConfig"]["defaults"]["links"].as_array();
+            let url = links
+                .and_then(|l| l.first())
+                .and_then(|l| l["url"].as_str())
+                .unwrap_or_else(|| panic!("{file} / {title}: no data link to the page"));
+            assert!(
+                url.starts_with("${whosin_url}/?at=${__value.time}"),
+                "{file} / {title}: {url}"
+            );
+            if file.contains("who-is-logged-in") && title.contains("per node") {
+                assert!(
+                    url.ends_with("&host=${__field.labels.host}"),
+                    "{file} / {title}: {url}"
+                );
+            }
+            linked += 1;
+        }
+        assert!(linked >= 3, "{file}: only {linked} panels link to the page");
+    }
 }
