@@ -128,6 +128,18 @@ fn the_incident_app_user_and_peak_views_over_https() {
             Some(week + SignedDuration::from_mins(40)),
         );
     }
+    // Ten days ago, 205 short visits one after another (never two at once):
+    // more rows than a table draws at first.
+    let bulk = Timestamp::from_second((now.as_second() - 10 * 86_400) / 3600 * 3600).unwrap();
+    for i in 0..205 {
+        tr.visit(
+            "sense-node3",
+            &format!("LAB\\visitor{i:03}"),
+            &format!("vi{i}"),
+            bulk + SignedDuration::from_mins(i),
+            Some(bulk + SignedDuration::from_mins(i + 1)),
+        );
+    }
     // Anna two days ago, for an hour.
     tr.visit(
         "sense-node2",
@@ -259,6 +271,11 @@ fn the_incident_app_user_and_peak_views_over_https() {
         "peak_hour": (week + SignedDuration::from_mins(20)).to_string(),
         "peak": 6,
         "limit_user": "LAB\\frank",
+        // 3 hours before to 5 minutes after bulk + 180 minutes: the starts of
+        // visits 0 to 185 and the ends of visits 0 to 184, two changes each
+        // (the session and its hub tab).
+        "bulk_at": (bulk + SignedDuration::from_mins(180)).as_millisecond(),
+        "bulk_changes": 186 * 2 + 185 * 2,
         "shots": {"incident": img.join("incident.png"), "peaks": img.join("peak-hours.png")},
         "downloads": tempfile::tempdir().unwrap().keep(),
     });

@@ -156,6 +156,58 @@ for (const a of document.querySelectorAll('nav.views a')) {
   });
 }
 
+// ---- long tables --------------------------------------------------------------
+
+// A table shows its first rows and more on demand (the button, or scrolling
+// to it): with thousands of sessions, building every row at once would take
+// seconds on a modest laptop, while the filter and the CSV reach them all.
+const ROWS_AT_ONCE = 200;
+page.tables = new Map();  // tbody -> {items, make, empty, limit}
+const moreSeen = new IntersectionObserver((entries) => {
+  for (const e of entries) if (e.isIntersecting) e.target.click();
+}, { rootMargin: '400px' });
+
+// Fills `tbody` with make(item) for the first rows of `items`; `keep` keeps
+// how many were shown (a live refresh), else it starts again at the top.
+function fillRows(tbody, items, make, empty, keep) {
+  const before = page.tables.get(tbody);
+  const limit = keep && before ? before.limit : ROWS_AT_ONCE;
+  page.tables.set(tbody, { items, make, empty, limit });
+  drawRows(tbody);
+}
+function drawRows(tbody) {
+  const t = page.tables.get(tbody);
+  const trs = t.items.slice(0, t.limit).map(t.make);
+  if (trs.length === 0 && t.empty) {
+    const tr = el('tr', null, { class: 'none' });
+    tr.append(el('td', t.empty, { colspan: String(columns(tbody)) }));
+    trs.push(tr);
+  }
+  tbody.replaceChildren(...trs);
+  moreRow(tbody, t);
+}
+const columns = (tbody) => tbody.closest('table').querySelectorAll('thead th').length;
+// The "show more" row; it appends the next rows without redrawing the others.
+function moreRow(tbody, t) {
+  if (t.items.length <= t.limit) return;
+  const tr = el('tr', null, { class: 'more' });
+  const td = el('td', null, { colspan: String(columns(tbody)) });
+  const rest = t.items.length - t.limit;
+  const b = el('button', 'Show ' + Math.min(rest, ROWS_AT_ONCE) + ' more (' + rest + ' not shown; the CSV has all)', { type: 'button' });
+  b.addEventListener('click', () => {
+    moreSeen.unobserve(b);
+    if (page.tables.get(tbody) !== t) return;
+    const from = t.limit;
+    t.limit += ROWS_AT_ONCE;
+    tr.replaceWith(...t.items.slice(from, t.limit).map(t.make));
+    moreRow(tbody, t);
+  });
+  td.append(b);
+  tr.append(td);
+  tbody.append(tr);
+  moreSeen.observe(b);
+}
+
 // ---- CSV --------------------------------------------------------------------
 
 function csvField(v) {
@@ -253,10 +305,10 @@ function shownSessions() {
   });
 }
 
-function renderTable() {
+function renderTable(keep) {
   const now = page.at === null ? Date.now() : new Date(page.at).getTime();
   const rows = shownSessions();
-  const trs = rows.map((s) => {
+  fillRows($('#who tbody'), rows, (s) => {
     const tr = el('tr', null, { 'data-user': s.user, 'data-host': s.host });
     const user = el('td', null, { title: s.user });
     user.append(userLink(s.user));
@@ -271,9 +323,8 @@ function renderTable() {
     tr.append(el('td', s.browser || ''));
     tr.append(el('td', s.os || ''));
     return tr;
-  });
-  $('#who tbody').replaceChildren(...trs);
-  $('#empty').hidden = trs.length > 0;
+  }, null, keep);
+  $('#empty').hidden = rows.length > 0;
   const { key, dir } = page.sort;
   for (const th of document.querySelectorAll('#who th')) {
     th.setAttribute('aria-sort', th.dataset.key === key ? (dir > 0 ? 'ascending' : 'descending') : 'none');
@@ -288,18 +339,18 @@ page.csv.who = () => [['user', 'host', 'started_at', 'apps', 'app_ids', 'connect
 
 function sessionParams(at) { return { at, host: page.host, user: page.user, app: page.app }; }
 
-async function loadSessions() {
+async function loadSessions(keep) {
   const answer = await api('/api/v1/sessions', sessionParams(page.at));
   page.sessions = answer.sessions;
   renderHosts();
-  renderTable();
+  renderTable(keep);
 }
 
 function scheduleRefresh() {
   if (page.at !== null || page.view !== 'now' || page.refreshTimer) return;
   page.refreshTimer = setTimeout(() => {
     page.refreshTimer = null;
-    loadSessions().catch(showError);
+    loadSessions(true).catch(showError);
   }, 300);
 }
 
@@ -494,7 +545,7 @@ async function start(afterToken) {
   show();
 }
 
-setInterval(() => { if (page.at === null && page.view === 'now') renderTable(); }, 10000);
+setInterval(() => { if (page.at === null && page.view === 'now') renderTable(true); }, 10000);
 setInterval(() => { if (page.view === 'now') { loadChart().catch(showError); if (page.at === null && !filtered()) loadPeaks().catch(showError); } }, 60000);
 // After views.js (also deferred) has registered its views.
 document.addEventListener('DOMContentLoaded', () => start(false));

@@ -6,7 +6,7 @@
 
 const WEEKDAYS = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'];
 // Most rows one timeline draws; the CSV of the table below it has them all.
-const MAX_LANES = 400;
+const MAX_LANES = 200;
 
 const views = { incident: null, apps: null, user: null, peaks: null };
 
@@ -26,14 +26,8 @@ function appMatches(a, q) {
   const l = q.toLowerCase();
   return a.id.toLowerCase() === l || (a.name || '').toLowerCase() === l;
 }
-function tableRows(selector, trs, emptyText) {
-  const body = document.querySelector(selector + ' tbody');
-  if (trs.length === 0) {
-    const tr = el('tr', null, { class: 'none' });
-    tr.append(el('td', emptyText, { colspan: String(document.querySelectorAll(selector + ' thead th').length) }));
-    trs = [tr];
-  }
-  body.replaceChildren(...trs);
+function tableRows(selector, items, make, emptyText) {
+  fillRows(document.querySelector(selector + ' tbody'), items, make, emptyText, false);
 }
 function row(cells) {
   const tr = el('tr');
@@ -136,13 +130,13 @@ page.loaders.incident = async () => {
   $('#incident-title').textContent = (page.at ? 'At ' : 'Now, ') + new Date(at).toLocaleString() + ': '
     + who.sessions.length + ' sessions, ' + who.users + ' users, ' + appRows.length + ' apps open';
   hostCards($('#incident-hosts'), countHosts(who.sessions), null);
-  tableRows('#incident-apps', appRows.map((a) => row([
-    selfLink(appName(a), { app: a.id, view: 'incident' }, { title: a.id, 'data-app': a.id }), a.stream || '', a.connections, a.users.length])), 'No app open.');
-  tableRows('#incident-who', who.sessions.map((s) => {
+  tableRows('#incident-apps', appRows, (a) => row([
+    selfLink(appName(a), { app: a.id, view: 'incident' }, { title: a.id, 'data-app': a.id }), a.stream || '', a.connections, a.users.length]), 'No app open.');
+  tableRows('#incident-who', who.sessions, (s) => {
     const apps = el('span');
     appSpans(apps, s.apps);
     return row([userLink(s.user), s.host, since(s.started_at), apps]);
-  }), 'Nobody was in.');
+  }, 'Nobody was in.');
   $('#incident-who-caption').textContent = 'Who was in: ' + who.sessions.length;
 
   // Lanes: the sessions that, or whose app connections, opened or closed in the window.
@@ -161,7 +155,7 @@ page.loaders.incident = async () => {
   drawTimeline($('#incident-timeline'), from, to, lanes, t, tl.truncated ? 'The window holds more than the API gives at once; narrow it or filter.' : '');
 
   const changes = incidentChanges(tl, inWindow);
-  tableRows('#changes', changes.map((c) => row([clock(new Date(c.time)), userLink(c.user), c.host, c.what, c.app, c.howText])), 'Nothing opened or closed in this window.');
+  tableRows('#changes', changes, (c) => row([clock(new Date(c.time)), userLink(c.user), c.host, c.what, c.app, c.howText]), 'Nothing opened or closed in this window.');
   $('#changes-caption').textContent = 'Changes from ' + clock(new Date(from)) + ' to ' + clock(new Date(to)) + ': ' + changes.length;
 };
 
@@ -203,12 +197,12 @@ page.loaders.apps = async () => {
   if (page.user) apps = apps.filter((x) => x.users.some((u) => u.toLowerCase() === page.user.toLowerCase()));
   views.apps = apps;
   $('#apps-title').textContent = (page.at ? 'Apps open at ' + new Date(page.at).toLocaleString() : 'Apps open now') + ': ' + apps.length;
-  tableRows('#apps', apps.map((x) => {
+  tableRows('#apps', apps, (x) => {
     const who = el('span');
     x.users.slice(0, 12).forEach((u, i) => { if (i > 0) who.append(', '); who.append(userLink(u)); });
     if (x.users.length > 12) who.append(' and ' + (x.users.length - 12) + ' more');
     return row([selfLink(appName(x), { app: x.id, view: 'now' }, { title: x.id, 'data-app': x.id }), x.stream || '', x.connections, x.users.length, who]);
-  }), 'No app is open.');
+  }, 'No app is open.');
 };
 page.csv.apps = () => [['app', 'app_id', 'stream', 'connections', 'users'],
   ...(views.apps || []).map((a) => [appName(a), a.id, a.stream || '', a.connections, a.users.join(' ')])];
@@ -222,7 +216,7 @@ page.loaders.user = async () => {
     views.user = null;
     $('#user-title').textContent = 'Choose a user: click a name anywhere, or type DIRECTORY\\userid above.';
     $('#user-timeline').replaceChildren();
-    tableRows('#user-sessions', [], 'No user chosen.');
+    tableRows('#user-sessions', [], null, 'No user chosen.');
     return;
   }
   const to = page.at ? new Date(page.at).getTime() : Date.now();
@@ -241,12 +235,12 @@ page.loaders.user = async () => {
     return { label, bars: sessionBars(s, by.get(s.id) || [], from, to) };
   });
   drawTimeline($('#user-timeline'), from, to, lanes, page.at ? to : null, '');
-  tableRows('#user-sessions', [...tl.sessions].reverse().map((s) => {
+  tableRows('#user-sessions', [...tl.sessions].reverse(), (s) => {
     const apps = distinctApps(by.get(s.id) || []);
     const end = s.ended_at ? new Date(s.ended_at).getTime() : Date.now();
     return row([s.host, since(s.started_at), s.ended_at ? since(s.ended_at) : '', duration(end - new Date(s.started_at).getTime()),
       endText(s.end_reason), apps.map(appName).join(', '), s.browser || '', s.os || '']);
-  }), 'No session in this period.');
+  }, 'No session in this period.');
   $('#user-caption').textContent = 'Sessions, newest first: ' + tl.sessions.length;
 };
 function distinctApps(conns) {
@@ -327,7 +321,7 @@ page.loaders.peaks = async () => {
   $('#day-peak').textContent = peakText(day);
   views.limits = limits;
   $('#limits-caption').textContent = 'Users at or over ' + limits.per_user_limit + ' sessions (sessions.per_user_limit)' + (page.at ? ' at ' + new Date(page.at).toLocaleString() : ' now');
-  tableRows('#limits', limits.users.map((u) => row([userLink(u.user), u.sessions, u.hosts.join(', ')])), 'Nobody is at the limit.');
+  tableRows('#limits', limits.users, (u) => row([userLink(u.user), u.sessions, u.hosts.join(', ')]), 'Nobody is at the limit.');
 };
 page.csv.heatmap = () => [['weekday', 'hour', 'peak_sessions', 'mean_peak', 'peak_on'],
   ...(views.peaks || []).flatMap((hours, wd) => hours.map((c, h) => [WEEKDAYS[wd], h, c.max, c.n ? (c.sum / c.n).toFixed(2) : '', c.when || '']))];

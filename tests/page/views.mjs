@@ -164,6 +164,19 @@ try {
   await currentView(page, 'incident');
   await page.waitForFunction((n) => document.querySelectorAll('#incident-who tbody tr:not(.none)').length === n, want.peak, { timeout: TIMEOUT });
 
+  // A long table: the first 200 rows, more on demand, and all of them in the CSV.
+  await page.goto(want.url + '?view=incident&before=3h&at=' + want.bulk_at);
+  await currentView(page, 'incident');
+  await page.waitForSelector('#changes tbody tr.more button', { timeout: TIMEOUT });
+  const drawn = () => page.$$eval('#changes tbody tr:not(.more)', (trs) => trs.length);
+  check(await drawn() === 200, `the changes table drew ${await drawn()} rows at first`);
+  check((await page.textContent('#changes tbody tr.more')).includes(`${want.bulk_changes - 200} not shown`), 'the more row says how many are left');
+  await page.focus('#changes tbody tr.more button');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('#changes tbody tr:not(.more)').length === 400, null, { timeout: TIMEOUT });
+  const long = await csv(page, 'changes');
+  check(long.length === want.bulk_changes + 1, `the changes CSV has ${long.length - 1} rows, expected ${want.bulk_changes}`);
+
   // Under the page's Content-Security-Policy: every view draws, a CSV
   // downloads, and nothing is refused (a refusal is logged, not thrown).
   const strict = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
