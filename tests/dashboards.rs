@@ -817,7 +817,7 @@ fn session_panels_link_to_the_page_at_the_clicked_instant() {
                 .and_then(|l| l["url"].as_str())
                 .unwrap_or_else(|| panic!("{file} / {title}: no data link to the page"));
             assert!(
-                url.starts_with("${whosin_url}/?at=${__value.time}"),
+                url.starts_with("${whosin_url}/?view=incident&at=${__value.time}"),
                 "{file} / {title}: {url}"
             );
             if file.contains("who-is-logged-in") && title.contains("per node") {

@@ -245,3 +245,60 @@ fn an_open_port_without_token_or_tls_is_warned_about() {
     assert!(!String::from_utf8_lossy(&d2.log_bytes()).contains("neither http.auth_token"));
     drop((d, d2));
 }
+
+/// A real Prometheus (Debian's `prometheus`) scrapes `/metrics` over HTTPS
+/// with the scrape config docs/deploy.md gives: `scheme: https` and the CA.
+#[test]
+fn prometheus_scrapes_metrics_over_https_with_the_ca() {
+    let Some(bin) = common::tool("prometheus", "prometheus") else {
+        return;
+    };
+    let ca = TestCa::new("whosin test CA");
+    let d = Daemon::start(&ca.http_yaml(""));
+    d.send(b"/qseow-proxy-session/;sense-node1;Start session;LAB;anna;AppAccess;/hub/;Start session for user 'LAB\\anna'");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: whosin\n    scheme: https\n    tls_config:\n      ca_file: \"{}\"\n      server_name: localhost\n    static_configs:\n      - targets: [\"{}\"]\n",
+            ca.ca().display(),
+            d.http
+        ),
+    )
+    .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut prom = Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let until = Instant::now() + DEADLINE * 2;
+    let last = loop {
+        let (code, body) = if std::net::TcpStream::connect(addr).is_ok() {
+            http_get_with(
+                addr,
+                "/api/v1/query?query=qliksense_sessions_active%7Bhost%3D%22sense-node1%22%7D%20%2A%20on%28instance%29%20up",
+                "",
+            )
+        } else {
+            (0, String::new())
+        };
+        if code == 200 && body.contains("\"value\":[") && body.contains(",\"1\"]") {
+            break None;
+        }
+        if Instant::now() > until {
+            break Some(format!("{code} {body}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert_eq!(last, None, "Prometheus never scraped whosin over HTTPS");
+}

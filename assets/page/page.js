@@ -3,7 +3,8 @@
 // views. Plain DOM, no framework and no network but whosin itself. Data is
 // only ever set as text, never as HTML. Every view has a URL:
 //   /?view=incident&at=2026-11-21T10:42:00Z&app=Sales&user=LAB\anna&host=node1
-// `at` may also be Unix milliseconds (what a Grafana data link gives).
+// Without `view`, the "who is in" view (at `at`, when given). `at` may also
+// be Unix milliseconds (what a Grafana data link gives).
 'use strict';
 
 const $ = (sel) => document.querySelector(sel);
@@ -109,9 +110,7 @@ function state() {
 }
 function urlFor(s) {
   const q = new URLSearchParams();
-  // `at` alone opens the incident view, so a Grafana link needs no view.
-  const implied = s.at ? 'incident' : 'now';
-  if (s.view && s.view !== implied) q.set('view', s.view);
+  if (s.view && s.view !== 'now') q.set('view', s.view);
   if (s.at) q.set('at', s.at);
   for (const k of ['app', 'user', 'host']) if (s[k]) q.set(k, s[k]);
   if (s.view === 'incident') {
@@ -132,7 +131,7 @@ function readUrl() {
   page.after = q.get('after') || '5m';
   page.days = q.get('days') || '7';
   const v = q.get('view');
-  page.view = VIEWS.includes(v) ? v : page.at ? 'incident' : 'now';
+  page.view = VIEWS.includes(v) ? v : 'now';
 }
 // Changes the state, writes the URL (a new history entry) and shows it.
 function go(changes) {
@@ -482,9 +481,13 @@ function renderChrome() {
     chips.push(chip);
   }
   $('#chips').replaceChildren(...chips);
-  $('#banner').textContent = page.at
+  const banner = $('#banner');
+  banner.textContent = page.at
     ? 'Showing ' + (page.view === 'now' ? 'who was in at ' : '') + new Date(page.at).toLocaleString() + '. Press "Now (live)" to go back.'
     : '\u00a0';
+  if (page.at && page.view === 'now') {
+    banner.append(' ', selfLink('What opened and closed around then?', { view: 'incident' }, { id: 'to-incident' }));
+  }
 }
 // An app filter by its name when a loaded answer knows it.
 page.appNames = new Map();
@@ -528,7 +531,7 @@ $('#at-form').addEventListener('submit', (e) => {
   if (!v) return;
   go({ at: new Date(v).toISOString() });
 });
-$('#live').addEventListener('click', () => go({ at: null, view: page.view === 'incident' ? 'now' : page.view }));
+$('#live').addEventListener('click', () => go({ at: null }));
 
 // ---- start ------------------------------------------------------------------
 

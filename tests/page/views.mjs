@@ -60,12 +60,20 @@ try {
   const external = [];
   page.on('request', (r) => { if (!r.url().startsWith(want.url) && !r.url().startsWith('blob:')) external.push(r.url()); });
 
-  // A Grafana data link: the instant as Unix milliseconds, no view named.
+  // The instant as Unix milliseconds (a Grafana data link), no view named:
+  // who was in then, and a link to what opened and closed around it.
   await page.goto(want.url + '?at=' + want.at_ms);
   check(page.url().startsWith('https://'), 'not over HTTPS');
   await page.waitForSelector('#token-dialog[open]', { timeout: TIMEOUT });
   await page.fill('#token', want.token);
   await page.press('#token', 'Enter');
+  await currentView(page, 'now');
+  await waitTexts(page, '#who tbody tr td:first-child', want.who_at, 'who was in, from ?at=');
+  await page.click('#to-incident');
+  await currentView(page, 'incident');
+  check(new URL(page.url()).searchParams.get('view') === 'incident', `the incident link: ${page.url()}`);
+  // What the dashboards' data links open.
+  await page.goto(want.url + '?view=incident&at=' + want.at_ms);
   await currentView(page, 'incident');
 
   // Who was in at the instant, the apps open then, per node.
@@ -191,7 +199,7 @@ try {
   await sp.waitForSelector('#heatmap-table td a', { timeout: TIMEOUT });
   await sp.click('#nav-incident');
   await sp.waitForSelector('#view-incident:not([hidden]) #incident-who tbody tr', { timeout: TIMEOUT });
-  await sp.goto(want.url + '?at=' + want.at_ms);
+  await sp.goto(want.url + '?view=incident&at=' + want.at_ms);
   await sp.waitForSelector('#incident-timeline .tl-row:not(.tl-head) .bar', { timeout: TIMEOUT });
   const [dl] = await Promise.all([sp.waitForEvent('download', { timeout: TIMEOUT }), sp.click('button[data-csv=changes]')]);
   check(fs.readFileSync(await dl.path(), 'utf8').startsWith('time,user,host,what'), 'the CSV under the policy');
