@@ -469,6 +469,8 @@ function renderChrome() {
     a.href = urlFor({ ...state(), view: a.dataset.view });
   }
   for (const v of document.querySelectorAll('.view')) v.hidden = v.dataset.view !== page.view;
+  // The filter box is for the "who is in" table.
+  $('#filter').closest('label').hidden = page.view !== 'now';
   $('#at').value = page.at ? localInput(page.at) : '';
   const chips = [];
   for (const [k, label] of [['app', 'App'], ['user', 'User'], ['host', 'Host']]) {

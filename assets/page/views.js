@@ -70,8 +70,10 @@ function drawTimeline(box, from, to, lanes, marker, more) {
     if (marker !== null) track.append(el('span', null, { class: 'tl-marker', style: 'left:' + x(marker).toFixed(2) + '%' }));
     for (const b of lane.bars) {
       const left = x(b.start), right = x(b.end);
+      // A bar stays at least 3 pixels wide and inside its track, so a
+      // session of seconds at the window's edge still shows.
       const bar = el('span', null, { class: 'bar ' + b.cls, title: b.title,
-        style: 'left:' + left.toFixed(2) + '%;width:max(3px,' + (right - left).toFixed(2) + '%)' + (b.hue !== undefined ? ';--hue:' + b.hue : '') });
+        style: 'left:min(' + left.toFixed(2) + '%, calc(100% - 3px));width:max(3px,' + (right - left).toFixed(2) + '%)' + (b.hue !== undefined ? ';--hue:' + b.hue : '') });
       track.append(bar);
     }
     r.append(label, track);
