@@ -332,9 +332,17 @@ function renderTable(keep) {
   $('#who-caption').textContent = (page.at === null ? 'Who is in now' : 'Who was in at ' + new Date(page.at).toLocaleString())
     + ': ' + total + (total === 1 ? ' session' : ' sessions') + (page.filter.trim() ? ', ' + rows.length + ' shown' : '');
 }
-page.csv.who = () => [['user', 'host', 'started_at', 'apps', 'app_ids', 'connections', 'browser', 'os'],
-  ...shownSessions().map((s) => [s.user, s.host, s.started_at, appsText(s.apps), s.apps.map((a) => a.id).join(' '),
-    s.connections, s.browser || '', s.os || ''])];
+// Sessions of /api/v1/sessions, and apps of /api/v1/apps, as CSV rows.
+function sessionsCsv(list) {
+  return [['user', 'host', 'started_at', 'apps', 'app_ids', 'connections', 'browser', 'os'],
+    ...list.map((s) => [s.user, s.host, s.started_at, appsText(s.apps), s.apps.map((a) => a.id).join(' '),
+      s.connections, s.browser || '', s.os || ''])];
+}
+function appsCsv(list) {
+  return [['app', 'app_id', 'stream', 'connections', 'users'],
+    ...list.map((a) => [appName(a), a.id, a.stream || '', a.connections, a.users.join(' ')])];
+}
+page.csv.who = () => sessionsCsv(shownSessions());
 
 function sessionParams(at) { return { at, host: page.host, user: page.user, app: page.app }; }
 

@@ -127,7 +127,9 @@ page.loaders.incident = async () => {
   let appRows = apps.apps;
   if (page.app) appRows = appRows.filter((a) => appMatches(a, page.app));
   if (page.user) appRows = appRows.filter((a) => a.users.some((u) => u.toLowerCase() === page.user.toLowerCase()));
-  views.incident = { at, from, to, who: who.sessions, apps: appRows, tl };
+  const inWindow = (iso) => iso && new Date(iso).getTime() >= from && new Date(iso).getTime() <= to;
+  const changes = incidentChanges(tl, inWindow);
+  views.incident = { who: who.sessions, apps: appRows, changes };
 
   $('#incident-title').textContent = (page.at ? 'At ' : 'Now, ') + new Date(at).toLocaleString() + ': '
     + who.sessions.length + ' sessions, ' + who.users + ' users, ' + appRows.length + ' apps open';
@@ -142,7 +144,6 @@ page.loaders.incident = async () => {
   $('#incident-who-caption').textContent = 'Who was in: ' + who.sessions.length;
 
   // Lanes: the sessions that, or whose app connections, opened or closed in the window.
-  const inWindow = (iso) => iso && new Date(iso).getTime() >= from && new Date(iso).getTime() <= to;
   const by = connsBySession(tl);
   const lanes = [];
   for (const s of tl.sessions) {
@@ -156,7 +157,6 @@ page.loaders.incident = async () => {
   lanes.sort((a, b) => a.first - b.first);
   drawTimeline($('#incident-timeline'), from, to, lanes, t, tl.truncated ? 'The window holds more than the API gives at once; narrow it or filter.' : '');
 
-  const changes = incidentChanges(tl, inWindow);
   tableRows('#changes', changes, (c) => row([clock(new Date(c.time)), userLink(c.user), c.host, c.what, c.app, c.howText]), 'Nothing opened or closed in this window.');
   $('#changes-caption').textContent = 'Changes from ' + clock(new Date(from)) + ' to ' + clock(new Date(to)) + ': ' + changes.length;
 };
@@ -174,17 +174,10 @@ function incidentChanges(tl, inWindow) {
   return out.sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
 }
 
-page.csv['incident-apps'] = () => [['app', 'app_id', 'stream', 'connections', 'users'],
-  ...(views.incident ? views.incident.apps : []).map((a) => [appName(a), a.id, a.stream || '', a.connections, a.users.join(' ')])];
-page.csv['incident-who'] = () => [['user', 'host', 'started_at', 'apps', 'app_ids', 'browser', 'os'],
-  ...(views.incident ? views.incident.who : []).map((s) => [s.user, s.host, s.started_at, appsText(s.apps), s.apps.map((a) => a.id).join(' '), s.browser || '', s.os || ''])];
-page.csv.changes = () => {
-  const v = views.incident;
-  if (!v) return [['time', 'user', 'host', 'what', 'app', 'app_id', 'how']];
-  const inWindow = (iso) => iso && new Date(iso).getTime() >= v.from && new Date(iso).getTime() <= v.to;
-  return [['time', 'user', 'host', 'what', 'app', 'app_id', 'how'],
-    ...incidentChanges(v.tl, inWindow).map((c) => [c.time, c.user, c.host, c.what, c.app, c.app_id || '', c.how || ''])];
-};
+page.csv['incident-apps'] = () => appsCsv(views.incident ? views.incident.apps : []);
+page.csv['incident-who'] = () => sessionsCsv(views.incident ? views.incident.who : []);
+page.csv.changes = () => [['time', 'user', 'host', 'what', 'app', 'app_id', 'how'],
+  ...(views.incident ? views.incident.changes : []).map((c) => [c.time, c.user, c.host, c.what, c.app, c.app_id || '', c.how || ''])];
 
 $('#before').addEventListener('change', (e) => go({ before: e.target.value }));
 $('#after').addEventListener('change', (e) => go({ after: e.target.value }));
@@ -206,8 +199,7 @@ page.loaders.apps = async () => {
     return row([selfLink(appName(x), { app: x.id, view: 'now' }, { title: x.id, 'data-app': x.id }), x.stream || '', x.connections, x.users.length, who]);
   }, 'No app is open.');
 };
-page.csv.apps = () => [['app', 'app_id', 'stream', 'connections', 'users'],
-  ...(views.apps || []).map((a) => [appName(a), a.id, a.stream || '', a.connections, a.users.join(' ')])];
+page.csv.apps = () => appsCsv(views.apps || []);
 
 // ---- one user -------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsProblem> {
     }
     // rustls checks the key against the certificate; a certificate that is
     // not one at all is caught here with its file named.
-    if let Err(e) = webpki_parse(&chain[0]) {
+    if let Err(e) = rustls::server::ParsedCertificate::try_from(&chain[0]) {
         return Err((
             "cert",
             format!(
@@ -98,13 +98,6 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsProblem> {
         ));
     }
     Ok(chain)
-}
-
-/// The leaf's public key, which rustls needs to match the private key.
-fn webpki_parse(cert: &CertificateDer<'_>) -> Result<(), String> {
-    rustls::server::ParsedCertificate::try_from(cert)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {

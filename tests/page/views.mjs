@@ -99,7 +99,7 @@ try {
 
   // CSV of who was in, and of the changes (exact times, app ids).
   const who = await csv(page, 'incident-who');
-  check(who[0].join(',') === 'user,host,started_at,apps,app_ids,browser,os', `CSV header ${who[0]}`);
+  check(who[0].join(',') === 'user,host,started_at,apps,app_ids,connections,browser,os', `CSV header ${who[0]}`);
   check(sorted(who.slice(1).map((r) => r[0])) === sorted(want.who_at), `CSV rows ${JSON.stringify(who)}`);
   const ch = await csv(page, 'changes');
   check(ch.length === want.changes.length + 1 && ch[1][0] === want.changes[0][0], `changes CSV ${JSON.stringify(ch.slice(0, 2))}`);
