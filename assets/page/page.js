@@ -319,8 +319,8 @@ function renderTable(keep) {
     const apps = el('td');
     appSpans(apps, s.apps);
     tr.append(apps);
-    tr.append(el('td', s.browser || ''));
-    tr.append(el('td', s.os || ''));
+    tr.append(el('td', s.browser || '', { title: s.browser || '' }));
+    tr.append(el('td', s.os || '', { title: s.os || '' }));
     return tr;
   }, null, keep);
   $('#empty').hidden = rows.length > 0;
