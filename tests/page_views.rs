@@ -76,21 +76,10 @@ impl Traffic {
 
 #[test]
 fn the_incident_app_user_and_peak_views_over_https() {
-    let (Some(_), Some(node)) = (
-        common::tool("chromium", "chromium"),
-        common::tool("node", "nodejs"),
-    ) else {
+    let Some(node) = common::browser() else {
         return;
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir() || !common::required(),
-        "tests/page/node_modules is missing: scripts/test runs `npm ci` there"
-    );
-    if !dir.join("node_modules/playwright-core").is_dir() {
-        eprintln!("skipping: run `npm ci` in tests/page");
-        return;
-    }
     let Some(qps) = common::fake_qps::FakeQps::start() else {
         return;
     };

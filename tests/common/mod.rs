@@ -273,7 +273,13 @@ pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, Strin
     .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    parse_answer(&raw)
+}
+
+/// `(status, body)` of a raw HTTP/1.1 answer (0 when there is none), the
+/// body de-chunked.
+pub fn parse_answer(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head
         .split_whitespace()
@@ -418,6 +424,26 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// What a test in headless Chromium needs: Debian's `chromium`, `node`, and
+/// playwright-core in tests/page (which scripts/test installs); the path of
+/// `node`, or `None` (the test then skips) outside CI.
+pub fn browser() -> Option<PathBuf> {
+    let (Some(_), Some(node)) = (tool("chromium", "chromium"), tool("node", "nodejs")) else {
+        return None;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page");
+    let installed = dir.join("node_modules/playwright-core").is_dir();
+    assert!(
+        installed || !required(),
+        "tests/page/node_modules is missing: scripts/test runs `npm ci` there"
+    );
+    if !installed {
+        eprintln!("skipping: run `npm ci` in tests/page");
+        return None;
+    }
+    Some(node)
 }
 
 /// Finds a tool on PATH.
