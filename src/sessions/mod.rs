@@ -200,8 +200,9 @@ impl Core {
         self.limit_dirty = true;
         let counts = self.state.counts(&ev.host);
         let hm = self.host_metrics(&ev.host);
-        hm.count_event(ev.command);
+        // Gauges first: a scrape that sees the event counted sees its effect.
         hm.set_counts(counts);
+        hm.count_event(ev.command);
         self.record_ended(&outcome.ended);
         if self.feed.is_some() && !self.dirty.contains(&ev.host) {
             self.dirty.insert(ev.host.clone());
