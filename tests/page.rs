@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{DEADLINE, Daemon, http_get_with};
@@ -20,7 +19,6 @@ fn the_live_page_shows_who_is_in_now_and_then() {
     let Some(node) = common::browser() else {
         return;
     };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page");
 
     // App names from a stand-in repository (the FakeQps also fakes the QRS).
     let Some(qps) = common::fake_qps::FakeQps::start() else {
@@ -82,18 +80,6 @@ fn the_live_page_shows_who_is_in_now_and_then() {
         "screenshot": shot,
         "app": {"name": "Sales dashboard", "id": APP},
     });
-    let out = Command::new(node)
-        .arg("check.mjs")
-        .arg(want.to_string())
-        .current_dir(&dir)
-        .output()
-        .expect("node runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the page checks failed:\n{text}");
-    assert!(text.contains("page checks passed"), "{text}");
+    common::run_page_script(&node, "check.mjs", &want, "page checks passed");
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }

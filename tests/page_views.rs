@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::tls::{TestCa, https_get};
@@ -79,7 +78,6 @@ fn the_incident_app_user_and_peak_views_over_https() {
     let Some(node) = common::browser() else {
         return;
     };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page");
     let Some(qps) = common::fake_qps::FakeQps::start() else {
         return;
     };
@@ -268,19 +266,7 @@ fn the_incident_app_user_and_peak_views_over_https() {
         "shots": {"incident": img.join("incident.png"), "peaks": img.join("peak-hours.png")},
         "downloads": tempfile::tempdir().unwrap().keep(),
     });
-    let out = Command::new(node)
-        .arg("views.mjs")
-        .arg(want.to_string())
-        .current_dir(&dir)
-        .output()
-        .expect("node runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the view checks failed:\n{text}");
-    assert!(text.contains("view checks passed"), "{text}");
+    common::run_page_script(&node, "views.mjs", &want, "view checks passed");
     for shot in ["incident.png", "peak-hours.png"] {
         assert!(std::fs::metadata(img.join(shot)).unwrap().len() > 10_000);
     }

@@ -146,13 +146,7 @@ fn now_is_every_open_session_even_with_a_clock_ahead() {
 
 #[test]
 fn concurrency_points_and_peak() {
-    let mut fx = Fixture::new();
-    fx.send(0, "n1", "Start session", "LAB\\anna");
-    fx.send(10, "n1", "Start session", "LAB\\anna");
-    fx.send(12, "n2", "Start session", "CORP\\bob");
-    fx.send(13, "n2", "Open connection", "CORP\\bob");
-    fx.send(20, "n1", "Stop session", "LAB\\anna");
-    fx.send(25, "n2", "Stop session", "CORP\\bob");
+    let fx = morning();
     let c = concurrency(
         &fx.conn,
         at(-5),
@@ -193,8 +187,7 @@ fn concurrency_points_and_peak() {
     );
 }
 
-/// The traffic of `concurrency_points_and_peak`: anna twice on n1, bob on n2
-/// with an app open.
+/// Anna twice on n1, bob on n2 with an app open.
 fn morning() -> Fixture {
     let mut fx = Fixture::new();
     fx.send(0, "n1", "Start session", "LAB\\anna");

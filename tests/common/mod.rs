@@ -446,6 +446,25 @@ pub fn browser() -> Option<PathBuf> {
     Some(node)
 }
 
+/// Runs `node SCRIPT WANT` in tests/page and fails the test unless it
+/// exits 0 and prints `passed` (its output is in the failure).
+pub fn run_page_script(node: &Path, script: &str, want: &serde_json::Value, passed: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page");
+    let out = Command::new(node)
+        .arg(script)
+        .arg(want.to_string())
+        .current_dir(&dir)
+        .output()
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    assert!(text.contains(passed), "{text}");
+}
+
 /// Finds a tool on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
