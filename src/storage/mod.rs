@@ -12,7 +12,8 @@
 //! - [`schema`]: the tables and their migrations; [`migrate`]: the upgrade of
 //!   a journal written by the first release.
 //! - [`intern`]: events and changes into compact rows (on the core thread).
-//! - [`writer`]: the thread that commits them, and retention.
+//! - [`writer`]: the thread that commits them, and retention;
+//!   [`checkpoint`]: the thread that copies the WAL into the file meanwhile.
 //! - [`read`]: events back out, typed; [`cursors`]: how far each sink got.
 //! - [`recover`]: the open sessions and connections at a restart.
 //!
@@ -20,6 +21,7 @@
 //! its start and, once known, its end and how it ended; an open row has no end.
 
 pub mod blocks;
+pub mod checkpoint;
 pub mod cursors;
 pub mod intern;
 pub mod migrate;

@@ -155,7 +155,7 @@ pub struct WriterSettings {
 /// Runs the writer on its own thread until every sender is gone (it then
 /// commits what it has and stops).
 pub fn spawn_writer(
-    conn: Connection,
+    mut conn: Connection,
     settings: WriterSettings,
     rx: Receiver<Msg>,
     health: Arc<JournalHealth>,
@@ -166,6 +166,15 @@ pub fn spawn_writer(
         retention,
         max_uncommitted,
     } = settings;
+    // Checkpoints run beside the writer (a journal in memory has none).
+    if let Some(path) = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+    {
+        super::checkpoint::spawn(&path, &mut conn, super::checkpoint::Thresholds::default())
+            .map_err(std::io::Error::other)?;
+    }
     std::thread::Builder::new()
         .name("whosin-journal".into())
         .spawn(move || {
