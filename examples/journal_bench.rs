@@ -38,6 +38,8 @@ fn build(n: u64, dir: &std::path::Path, users: usize, start: Timestamp, span_ns:
     std::fs::create_dir_all(dir).unwrap();
     let path = storage::path_in(dir);
     let mut conn = storage::open(&path).unwrap();
+    // Checkpoints beside the writer, as the daemon's writer thread has them.
+    let _checkpoints = storage::checkpoint::spawn(&path, &mut conn, Default::default()).unwrap();
     let mut enc = storage::Encoder::load(&conn).unwrap();
 
     let mut g = Generator::new(users, 4, WireFormat::Legacy, 7);
