@@ -286,21 +286,12 @@ fn build(
 /// Trims a field, strips control characters, maps log4net's `(null)` to empty,
 /// and caps the length in characters. Borrows when nothing needs changing.
 pub fn clean(field: &str, max_chars: usize) -> Cow<'_, str> {
-    // Trimming ASCII whitespace is a byte loop; when what is left begins and
-    // ends with visible ASCII, `str::trim` (Unicode whitespace) would have
-    // stopped at the same bytes.
-    let ascii = field.trim_ascii();
-    let visible = |b: Option<&u8>| b.is_some_and(|b| (0x21..0x7f).contains(b));
-    let t = if visible(ascii.as_bytes().first()) && visible(ascii.as_bytes().last()) {
-        ascii
-    } else {
-        field.trim()
-    };
+    let t = field.trim();
     if t == "(null)" {
         return Cow::Borrowed("");
     }
-    // Fast path for the usual printable-ASCII field.
-    if t.len() <= max_chars && printable_ascii(t.as_bytes()) {
+    // Fast path for the usual printable-ASCII field: one pass over bytes.
+    if t.len() <= max_chars && t.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Cow::Borrowed(t);
     }
     let has_control = t.chars().any(char::is_control);
@@ -314,21 +305,6 @@ pub fn clean(field: &str, max_chars: usize) -> Cow<'_, str> {
         .take(max_chars)
         .collect();
     Cow::Owned(s.trim().to_owned())
-}
-
-/// Every byte is printable ASCII (0x20-0x7e). Checked 16 bytes at a time
-/// without an early exit inside a block, which the compiler turns into
-/// vector compares (a byte loop that stops at the first bad byte does not
-/// vectorise: it was a tenth of the receive thread).
-fn printable_ascii(b: &[u8]) -> bool {
-    let ok = |x: u8| x.wrapping_sub(0x20) < 0x5f;
-    let mut blocks = b.chunks_exact(16);
-    for block in &mut blocks {
-        if !block.iter().fold(true, |all, &x| all & ok(x)) {
-            return false;
-        }
-    }
-    blocks.remainder().iter().all(|&x| ok(x))
 }
 
 /// The app GUID after `/app/` (or a leading `app/`) in the context, up to `?`,

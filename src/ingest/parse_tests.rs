@@ -199,7 +199,7 @@ fn multibyte_text_is_capped_on_char_boundaries() {
     assert_eq!(e.user_id.chars().count(), MAX_USER_CHARS);
 }
 
-/// What `clean` did before its fast paths, for comparison.
+/// What `clean` does, without its fast path for printable ASCII.
 fn clean_reference(field: &str, max_chars: usize) -> String {
     let t = field.trim();
     if t == "(null)" {
@@ -220,7 +220,7 @@ fn clean_reference(field: &str, max_chars: usize) -> String {
 
 proptest::proptest! {
     #[test]
-    fn clean_is_what_it_was_without_its_fast_paths(
+    fn clean_is_its_definition_with_or_without_the_fast_path(
         field in "[ \\t\\x0b\\x0c\\r\\n\\u{a0}\\u{3000}\\x01a-z(nul)é🙂;'\\\\]{0,40}",
         max in 0usize..24,
     ) {
