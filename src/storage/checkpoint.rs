@@ -50,7 +50,7 @@ impl Default for Thresholds {
 /// What the checkpoint thread did (tests and diagnostics).
 #[derive(Default, Debug)]
 pub struct CheckpointStats {
-    /// Checkpoints run by the thread that copied pages.
+    /// Checkpoints the thread ran.
     pub by_thread: AtomicU64,
     /// Checkpoints the writer ran itself because the WAL had outgrown them.
     pub by_writer: AtomicU64,
@@ -78,9 +78,12 @@ pub fn spawn(
     writer.wal_hook(Some(move |wal: &mut Wal, pages: i32| {
         if pages >= at.writer {
             counted.by_writer.fetch_add(1, Ordering::Relaxed);
-            return wal.checkpoint();
-        }
-        if pages >= at.thread {
+            // As SQLite's own hook does, a failed checkpoint does not fail
+            // the commit (which has happened: the writer would retry it).
+            if let Err(e) = wal.checkpoint() {
+                tracing::debug!("journal: checkpoint in the commit: {e}");
+            }
+        } else if pages >= at.thread {
             let _ = tx.try_send(());
         }
         Ok(())
@@ -93,11 +96,10 @@ fn run(conn: &Connection, rx: &Receiver<()>, stats: &CheckpointStats) {
     // when they were already copied (a reader kept the WAL from starting
     // over), the passive checkpoint finds nothing to do and syncs nothing.
     while rx.recv().is_ok() {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
-            Ok(copied) if copied > 0 => {
+        match conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            Ok(()) => {
                 stats.by_thread.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!("journal: checkpoint: {e}"),
         }
     }
