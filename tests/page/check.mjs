@@ -5,11 +5,10 @@
 //                    "past_at": ISO, "past":[[user,host],...], "screenshot": PATH}'
 //
 // Exits 0 when every check passed, else prints what differed and exits 1.
-import { chromium } from 'playwright-core';
+import { TIMEOUT, launch, verdict, watch } from './harness.mjs';
 import dgram from 'node:dgram';
 
 const want = JSON.parse(process.argv[2]);
-const TIMEOUT = 20000;
 const [udpHost, udpPort] = want.udp.split(/:(?=\d+$)/);
 
 function send(line) {
@@ -41,19 +40,13 @@ function localInput(iso) {
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-let failed = false;
-try {
+const browser = await launch();
+const seen = { errors: [], external: [] };
+await verdict(browser, 'page', seen, async () => {
   // waitForFunction compiles its predicate in the page, which the page's
   // Content-Security-Policy forbids; views.mjs checks the page under it.
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 }, bypassCSP: true });
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  const external = [];
-  page.on('request', (r) => { if (!r.url().startsWith(want.url)) external.push(r.url()); });
+  watch(page, want.url, seen);
   await page.goto(want.url);
 
   // The token is asked for once, then kept for the session.
@@ -124,14 +117,4 @@ try {
   await rowsBecome(page, [...want.now, ['LAB\\erin', 'sense-node2']], 'back to live');
   const all = await page.content();
   if (all.includes('sa_repository') || all.includes('INTERNAL\\')) throw new Error('a blacklisted account is shown');
-
-  if (errors.length) throw new Error('script errors: ' + errors.join('; '));
-  if (external.length) throw new Error('requests outside whosin: ' + external.join(', '));
-  console.log('page checks passed');
-} catch (e) {
-  failed = true;
-  console.error(String(e && e.stack || e));
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

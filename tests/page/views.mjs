@@ -6,13 +6,12 @@
 //   node views.mjs '{"url":..., "cert": PEM, "token":..., "at": ISO, "at_ms": N, "who_at": [...], ...}'
 //
 // Exits 0 when every check passed, else prints what differed and exits 1.
-import { chromium } from 'playwright-core';
+import { TIMEOUT, launch, verdict, watch } from './harness.mjs';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
 const want = JSON.parse(process.argv[2]);
-const TIMEOUT = 20000;
 const spki = crypto.createHash('sha256')
   .update(new crypto.X509Certificate(want.cert).publicKey.export({ type: 'spki', format: 'der' }))
   .digest('base64');
@@ -44,21 +43,15 @@ async function csv(page, name) {
   return fs.readFileSync(file, 'utf8').trimEnd().split('\r\n').map((l) => l.split(','));
 }
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', `--ignore-certificate-errors-spki-list=${spki}`],
-});
-let failed = false;
-try {
+const browser = await launch([`--ignore-certificate-errors-spki-list=${spki}`]);
+const seen = { errors: [], external: [] };
+await verdict(browser, 'view', seen, async () => {
   // waitForFunction compiles its predicate in the page, which the page's
   // Content-Security-Policy forbids: the checks run without it, and the
   // end of this script opens the views again under it.
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, timezoneId: 'Europe/Stockholm', acceptDownloads: true, bypassCSP: true });
   const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  const external = [];
-  page.on('request', (r) => { if (!r.url().startsWith(want.url) && !r.url().startsWith('blob:')) external.push(r.url()); });
+  watch(page, want.url, seen);
 
   // The instant as Unix milliseconds (a Grafana data link), no view named:
   // who was in then, and a link to what opened and closed around it.
@@ -191,7 +184,7 @@ try {
   const sp = await strict.newPage();
   const refused = [];
   sp.on('console', (m) => { if (/Content.Security.Policy/i.test(m.text())) refused.push(m.text()); });
-  sp.on('pageerror', (e) => errors.push(String(e)));
+  watch(sp, want.url, seen);
   await sp.goto(want.url + '?view=peaks');
   await sp.waitForSelector('#token-dialog[open]', { timeout: TIMEOUT });
   await sp.fill('#token', want.token);
@@ -205,14 +198,4 @@ try {
   check(fs.readFileSync(await dl.path(), 'utf8').startsWith('time,user,host,what'), 'the CSV under the policy');
   check(refused.length === 0, 'refused by the Content-Security-Policy: ' + refused.join('; '));
   await strict.close();
-
-  if (errors.length) throw new Error('script errors: ' + errors.join('; '));
-  if (external.length) throw new Error('requests outside whosin: ' + external.join(', '));
-  console.log('view checks passed');
-} catch (e) {
-  failed = true;
-  console.error(String(e && e.stack || e));
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});
