@@ -140,19 +140,19 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
         13,
         &events,
         |e, b| {
-            b(&(e.seq as i64))?;
-            b(&e.time)?;
-            b(&e.received)?;
-            b(&e.source_seq.map(|s| s as i64))?;
-            b(&e.kind)?;
-            b(&e.host)?;
-            b(&e.user)?;
-            b(&e.origin)?;
-            b(&e.context)?;
-            b(&e.message)?;
-            b(&opt(e.app))?;
-            b(&opt(e.session))?;
-            b(&opt(e.agent))
+            b.v(e.seq as i64)?;
+            b.v(e.time)?;
+            b.v(e.received)?;
+            b.v(e.source_seq.map(|s| s as i64))?;
+            b.v(e.kind)?;
+            b.v(e.host)?;
+            b.v(e.user)?;
+            b.v(e.origin)?;
+            b.v(e.context)?;
+            b.v(e.message)?;
+            b.v(opt(e.app))?;
+            b.v(opt(e.session))?;
+            b.v(opt(e.agent))
         },
     )?;
     insert_many(
@@ -161,14 +161,14 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
         8,
         &sessions,
         |s, b| {
-            b(&(s.row.id as i64))?;
-            b(&s.row.host)?;
-            b(&s.row.user)?;
-            b(&opt(s.row.agent))?;
-            b(&s.proxy_session_id)?;
-            b(&s.virtual_proxy)?;
-            b(&s.row.started_at)?;
-            b(&s.row.flags)
+            b.v(s.row.id as i64)?;
+            b.v(s.row.host)?;
+            b.v(s.row.user)?;
+            b.v(opt(s.row.agent))?;
+            b.v(s.proxy_session_id)?;
+            b.v(s.virtual_proxy)?;
+            b.v(s.row.started_at)?;
+            b.v(s.row.flags)
         },
     )?;
     insert_many(
@@ -177,12 +177,12 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
         6,
         &connections,
         |c, b| {
-            b(&(c.row.id as i64))?;
-            b(&c.row.host)?;
-            b(&c.row.user)?;
-            b(&c.row.target)?;
-            b(&c.row.proxy_session_id.as_deref())?;
-            b(&c.row.opened_at)
+            b.v(c.row.id as i64)?;
+            b.v(c.row.host)?;
+            b.v(c.row.user)?;
+            b.v(c.row.target)?;
+            b.v(c.row.proxy_session_id.as_deref())?;
+            b.v(c.row.opened_at)
         },
     )?;
     // Ends: of the rows above, and of rows of earlier batches.
@@ -217,13 +217,23 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
             other => update(tx, other)?,
         }
     }
-    let end = |e: &(i64, i64, u8), b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| {
-        b(&e.0)?;
-        b(&e.1)?;
-        b(&e.2)
+    let end = |e: &(i64, i64, u8), b: &mut Binder<'_, '_>| {
+        b.v(e.0)?;
+        b.v(e.1)?;
+        b.v(e.2)
     };
-    let id = |i: &i64, b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| b(i);
-    // The first end of a row is the one that counts (OR IGNORE).
+    let id = |i: &i64, b: &mut Binder<'_, '_>| b.v(i);
+    // In key order, each insert lands next to the one before in pages that
+    // are already in hand, where in arrival order (sessions end in a
+    // different order than they started) each one is a new descent and the
+    // splits scatter. The sorts are stable: the first end of a row is the
+    // one that counts (OR IGNORE).
+    ends.sort_by_key(|e| e.0);
+    closes.sort_by_key(|e| e.0);
+    ended.sort_unstable();
+    closed.sort_unstable();
+    session_hours.sort_by_key(|h| (h.0, h.1));
+    connection_hours.sort_by_key(|h| (h.0, h.1));
     insert_many(tx, "session_ends (id, ended_at, end_reason)", 3, &ends, end)?;
     insert_many(
         tx,
@@ -236,10 +246,10 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     insert_many(tx, "open_connections (id)", 1, &connected, id)?;
     delete_many(tx, "open_sessions", &ended)?;
     delete_many(tx, "open_connections", &closed)?;
-    let triple = |p: &(i64, i64, bool), b: &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>| {
-        b(&p.0)?;
-        b(&p.1)?;
-        b(&p.2)
+    let triple = |p: &(i64, i64, bool), b: &mut Binder<'_, '_>| {
+        b.v(p.0)?;
+        b.v(p.1)?;
+        b.v(p.2)
     };
     insert_many(
         tx,
@@ -258,6 +268,24 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     Ok(())
 }
 
+/// Binds a statement's parameters in order, each value with its own type:
+/// a batch binds millions of values, and a call through `dyn ToSql` for
+/// each cost more than the binding.
+struct Binder<'s, 'c> {
+    stmt: &'s mut CachedStatement<'c>,
+    next: usize,
+}
+
+impl Binder<'_, '_> {
+    /// Binds the next parameter.
+    #[inline]
+    fn v<V: ToSql>(&mut self, v: V) -> rusqlite::Result<()> {
+        self.stmt.raw_bind_parameter(self.next, v)?;
+        self.next += 1;
+        Ok(())
+    }
+}
+
 /// `INSERT OR IGNORE INTO {table} VALUES (...), (...)`, in runs of
 /// [`STATEMENT_ROWS`] rows; `bind` gives one item's values in column order.
 fn insert_many<T>(
@@ -265,7 +293,7 @@ fn insert_many<T>(
     table: &str,
     columns: usize,
     items: &[T],
-    bind: impl Fn(&T, &mut dyn FnMut(&dyn ToSql) -> rusqlite::Result<()>) -> rusqlite::Result<()>,
+    bind: impl Fn(&T, &mut Binder<'_, '_>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     if items.is_empty() {
         return Ok(());
@@ -278,15 +306,11 @@ fn insert_many<T>(
         )
     };
     let run = |stmt: &mut CachedStatement<'_>, chunk: &[T]| {
-        let mut i = 1;
+        let mut b = Binder { stmt, next: 1 };
         for item in chunk {
-            bind(item, &mut |v| {
-                stmt.raw_bind_parameter(i, v)?;
-                i += 1;
-                Ok(())
-            })?;
+            bind(item, &mut b)?;
         }
-        stmt.raw_execute().map(|_| ())
+        b.stmt.raw_execute().map(|_| ())
     };
     for (n, run_items) in runs(items) {
         let mut stmt = tx.prepare_cached(&sql(n))?;
