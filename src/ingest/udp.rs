@@ -97,26 +97,31 @@ pub fn receive_loop(
     #[cfg(target_os = "linux")]
     {
         let mut rx = linux::Receiver::new(buf_len);
-        let mut last_drops: u32 = 0;
+        let mut drops = linux::Drops::default();
         let mut error_at: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             match rx.recv(sock) {
                 Ok(n) => {
-                    let (batch, drops) = rx.datagrams(n);
-                    if let Some(d) = drops {
-                        // The kernel's counter is a wrapping u32 per socket.
-                        let delta = d.wrapping_sub(last_drops);
-                        if delta > 0 && delta < u32::MAX / 2 {
-                            on_dropped(u64::from(delta));
-                        }
-                        last_drops = d;
+                    let (batch, d) = rx.datagrams(n);
+                    if let Some(d) = d {
+                        drops.report(d, &mut on_dropped);
                     }
                     on_batch(&batch);
                     if n < BATCH {
                         std::thread::sleep(COALESCE);
                     }
                 }
-                Err(e) if is_timeout(&e) => {}
+                Err(e) if is_timeout(&e) => {
+                    // A datagram carries the drop count as it was when the
+                    // datagram was queued, so the drops at the very end of a
+                    // flood (after the last datagram that found room) would
+                    // wait for the next datagram to be counted. Once the
+                    // socket has been quiet for a read timeout, ask the
+                    // socket itself.
+                    if let Some(d) = linux::socket_drops(sock) {
+                        drops.report(d, &mut on_dropped);
+                    }
+                }
                 Err(e) => backoff(&e, &mut error_at),
             }
         }
@@ -215,6 +220,78 @@ mod linux {
             tracing::warn!("cannot count kernel drops (SO_RXQ_OVFL): {e}");
         }
         let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
+    }
+
+    /// The socket's running drop count, as far as it has been reported. It
+    /// comes from two places (each datagram's `SO_RXQ_OVFL`, and
+    /// `SO_MEMINFO` when the socket is quiet) that may arrive out of order,
+    /// so it only moves forward.
+    #[derive(Default)]
+    pub struct Drops {
+        last: u32,
+    }
+
+    impl Drops {
+        /// Reports what `count` (the kernel's wrapping u32) adds.
+        pub fn report(&mut self, count: u32, on_dropped: &mut impl FnMut(u64)) {
+            let delta = count.wrapping_sub(self.last);
+            if delta > 0 && delta < u32::MAX / 2 {
+                self.last = count;
+                on_dropped(u64::from(delta));
+            }
+        }
+    }
+
+    /// `SO_MEMINFO`: 55 in the generic socket options (x86, ARM, RISC-V);
+    /// the libc crate has its offsets but not the option itself.
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    ))]
+    const SO_MEMINFO: i32 = 55;
+
+    /// The socket's drop count now (the counter `SO_RXQ_OVFL` reports), from
+    /// `SO_MEMINFO` (Linux 4.12 and later); `None` where it is not known.
+    pub fn socket_drops(sock: &UdpSocket) -> Option<u32> {
+        #[cfg(any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        ))]
+        {
+            const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+            let mut info = [0u32; VARS];
+            let mut len = size_of::<[u32; VARS]>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `info`, a
+            // live array of that size, and sets `len` to what it wrote.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_MEMINFO,
+                    info.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            (rc == 0 && len as usize >= size_of::<[u32; VARS]>())
+                .then(|| info[libc::SK_MEMINFO_DROPS as usize])
+        }
+        #[cfg(not(any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )))]
+        {
+            let _ = sock;
+            None
+        }
     }
 
     /// Buffers for one `recvmmsg` call. The headers point into the other
@@ -398,5 +475,57 @@ mod tests {
         );
         assert!(!got[2].1, "exactly at the limit is whole");
         assert_eq!(got[0].2, Some(tx.local_addr().unwrap()));
+    }
+
+    /// The drops at the end of a flood are counted although no datagram
+    /// queued after them carries the count: here every datagram that found
+    /// room was queued before the first drop.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn drops_after_the_last_datagram_that_found_room_are_counted() {
+        use std::sync::atomic::AtomicU64;
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        // The smallest buffer the kernel allows: a few datagrams.
+        sock.set_recv_buffer_size(1).unwrap();
+        sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        sock.set_read_timeout(Some(POLL)).unwrap();
+        linux::enable_ancillary(&sock);
+        let sock: UdpSocket = sock.into();
+        let addr = sock.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        const SENT: u64 = 300;
+        for _ in 0..SENT {
+            tx.send_to(&[b'z'; 600], addr).unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        let received = AtomicU64::new(0);
+        let dropped = AtomicU64::new(0);
+        let settled = || received.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed) >= SENT;
+        std::thread::scope(|s| {
+            // Poll with a deadline: stop once everything is accounted for.
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !settled() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            receive_loop(
+                &sock,
+                1000,
+                &stop,
+                |batch| {
+                    received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                },
+                |n| {
+                    dropped.fetch_add(n, Ordering::Relaxed);
+                },
+            )
+            .unwrap();
+        });
+        let (r, d) = (received.into_inner(), dropped.into_inner());
+        assert!(r > 0 && d > 0, "received {r}, dropped {d}");
+        assert_eq!(r + d, SENT, "received {r} + dropped {d}");
     }
 }
