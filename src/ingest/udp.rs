@@ -243,7 +243,8 @@ mod linux {
     }
 
     /// `SO_MEMINFO`: 55 in the generic socket options (x86, ARM, RISC-V);
-    /// the libc crate has its offsets but not the option itself.
+    /// the libc crate has its offsets but not the option itself. Other
+    /// architectures number it their own way: there it is not asked for.
     #[cfg(any(
         target_arch = "x86_64",
         target_arch = "x86",
@@ -251,47 +252,35 @@ mod linux {
         target_arch = "arm",
         target_arch = "riscv64"
     ))]
-    const SO_MEMINFO: i32 = 55;
+    const SO_MEMINFO: Option<i32> = Some(55);
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )))]
+    const SO_MEMINFO: Option<i32> = None;
 
     /// The socket's drop count now (the counter `SO_RXQ_OVFL` reports), from
     /// `SO_MEMINFO` (Linux 4.12 and later); `None` where it is not known.
     pub fn socket_drops(sock: &UdpSocket) -> Option<u32> {
-        #[cfg(any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        ))]
-        {
-            const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
-            let mut info = [0u32; VARS];
-            let mut len = size_of::<[u32; VARS]>() as libc::socklen_t;
-            // SAFETY: getsockopt writes at most `len` bytes into `info`, a
-            // live array of that size, and sets `len` to what it wrote.
-            let rc = unsafe {
-                libc::getsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    SO_MEMINFO,
-                    info.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            (rc == 0 && len as usize >= size_of::<[u32; VARS]>())
-                .then(|| info[libc::SK_MEMINFO_DROPS as usize])
-        }
-        #[cfg(not(any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )))]
-        {
-            let _ = sock;
-            None
-        }
+        const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+        let mut info = [0u32; VARS];
+        let mut len = size_of::<[u32; VARS]>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, a live
+        // array of that size, and sets `len` to what it wrote.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_MEMINFO?,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && len as usize >= size_of::<[u32; VARS]>())
+            .then(|| info[libc::SK_MEMINFO_DROPS as usize])
     }
 
     /// Buffers for one `recvmmsg` call. The headers point into the other
