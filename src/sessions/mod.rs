@@ -86,7 +86,7 @@ pub struct Core {
     settings: Arc<CoreSettings>,
     metrics: Arc<Metrics>,
     hosts: HashMap<String, HostMetrics>,
-    last_seq: HashMap<(String, Stream), u64>,
+    last_seq: HashMap<String, [Option<u64>; 2]>,
     journal: Option<storage::JournalSender>,
     next_seq: u64,
     feed: Option<Arc<feed::Feed>>,
@@ -378,8 +378,13 @@ impl Core {
     /// Counts the values missing between this counter and the last one of the
     /// same host and appender.
     fn check_sequence(&mut self, ev: &Event, seq: u64) {
-        let key = (ev.host.clone(), ev.stream);
-        let last = self.last_seq.get(&key).copied();
+        // By host, then appender: looked up by the borrowed host name, so no
+        // key is built (an allocation an event) once the host is known.
+        let slot = match ev.stream {
+            Stream::Session => 0,
+            Stream::Connection => 1,
+        };
+        let last = self.last_seq.get(ev.host.as_str()).and_then(|l| l[slot]);
         match last {
             Some(last) if seq > last => {
                 let gap = seq - last - 1;
@@ -395,13 +400,18 @@ impl Core {
                         let _ = tx.send(ev.host.clone());
                     }
                 }
-                self.last_seq.insert(key, seq);
             }
             // Late or duplicate delivery: nothing lost, nothing to move.
-            Some(last) if last - seq < REORDER_WINDOW => {}
+            Some(last) if last - seq < REORDER_WINDOW => return,
             // First value seen, or the proxy restarted and the counter began again.
-            _ => {
-                self.last_seq.insert(key, seq);
+            _ => {}
+        }
+        match self.last_seq.get_mut(ev.host.as_str()) {
+            Some(l) => l[slot] = Some(seq),
+            None => {
+                let mut l = [None; 2];
+                l[slot] = Some(seq);
+                self.last_seq.insert(ev.host.clone(), l);
             }
         }
     }
