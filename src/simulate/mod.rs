@@ -11,12 +11,18 @@
 //! the performance run compare the two.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::event::Command;
+
+mod oracle;
+mod send;
+
+pub use oracle::Oracle;
+use send::{BATCH, Batch, Sender};
 
 /// Wire format to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -136,11 +142,18 @@ pub struct Generator {
     hosts: Vec<String>,
     apps: Vec<String>,
     users: Vec<User>,
-    counters: BTreeMap<(usize, bool), u64>,
+    /// Per host, the session and the connection appender's counters.
+    counters: Vec<[u64; 2]>,
     next_session: u64,
     report: Report,
+    /// Human users' events per host and [`Command::index`], made into
+    /// [`Report::events`] when asked: a map entry with owned keys for every
+    /// datagram cost more than writing the datagram.
+    events: Vec<[u64; 4]>,
     /// Sessions started and stopped since [`Generator::take_changes`].
     changes: Vec<TruthChange>,
+    /// The datagram being written, kept to write the next one in.
+    line: String,
 }
 
 /// A change to who is really logged in.
@@ -198,18 +211,27 @@ impl Generator {
         Generator {
             rng,
             format,
-            hosts,
             apps,
             users: people,
-            counters: BTreeMap::new(),
+            counters: vec![[0; 2]; hosts.len()],
             next_session: 1,
             report: Report::default(),
+            events: vec![[0; 4]; hosts.len()],
             changes: Vec::new(),
+            line: String::new(),
+            hosts,
         }
     }
 
     /// Appends the next user action's datagrams (one or a few) to `out`.
     pub fn step(&mut self, out: &mut Vec<String>) {
+        self.step_with(|l| out.push(l.to_owned()));
+    }
+
+    /// Makes the next user action's datagrams (one or a few) and hands each
+    /// to `sink`, in order, in a buffer the generator keeps: nothing is
+    /// allocated per datagram.
+    pub fn step_with(&mut self, mut sink: impl FnMut(&str)) {
         // Service accounts make about 3% of the traffic.
         let humans = self.users.len() - SERVICE_ACCOUNTS.len();
         let idx = if humans == 0 || self.rng.chance(3) {
@@ -218,35 +240,37 @@ impl Generator {
             self.rng.below(humans)
         };
         let u = &self.users[idx];
-        let cmds: Vec<(Command, Option<usize>)> = match (&u.session, u.apps.len()) {
-            (None, _) => vec![(Command::SessionStart, None)],
+        match (&u.session, u.apps.len()) {
+            (None, _) => {
+                self.emit(idx, Command::SessionStart, None);
+                sink(&self.line);
+            }
             (Some(_), n) => {
                 let roll = self.rng.below(100);
                 if n < 3 && roll < 50 {
-                    vec![(
-                        Command::ConnectionOpen,
-                        Some(self.rng.below(self.apps.len())),
-                    )]
+                    let app = self.rng.below(self.apps.len());
+                    self.emit(idx, Command::ConnectionOpen, Some(app));
+                    sink(&self.line);
                 } else if n > 0 && roll < 85 {
                     let which = self.rng.below(n);
-                    vec![(Command::ConnectionClose, Some(which))]
+                    self.emit(idx, Command::ConnectionClose, Some(which));
+                    sink(&self.line);
                 } else {
                     // Logout: the tabs close, then the session stops.
-                    let mut v: Vec<_> = (0..n)
-                        .map(|_| (Command::ConnectionClose, Some(0)))
-                        .collect();
-                    v.push((Command::SessionStop, None));
-                    v
+                    for _ in 0..n {
+                        self.emit(idx, Command::ConnectionClose, Some(0));
+                        sink(&self.line);
+                    }
+                    self.emit(idx, Command::SessionStop, None);
+                    sink(&self.line);
                 }
             }
-        };
-        for (cmd, arg) in cmds {
-            let line = self.emit(idx, cmd, arg);
-            out.push(line);
         }
     }
 
-    fn emit(&mut self, idx: usize, cmd: Command, arg: Option<usize>) -> String {
+    /// Writes one datagram into `self.line`.
+    fn emit(&mut self, idx: usize, cmd: Command, arg: Option<usize>) {
+        use std::fmt::Write;
         let app = match (cmd, arg) {
             (Command::ConnectionOpen, Some(a)) => {
                 self.users[idx].apps.push(a);
@@ -271,48 +295,56 @@ impl Generator {
         }
         let u = &self.users[idx];
         let host = &self.hosts[u.host];
-        let user_full = format!("{}\\{}", u.dir, u.id);
         let ua = USER_AGENTS[u.ua];
         let is_conn = matches!(cmd, Command::ConnectionOpen | Command::ConnectionClose);
-        let context = match app {
-            Some(a) => format!(
-                "/app/{0}?reloaduri=https%3A%2F%2F{host}%2Fsense%2Fapp%2F{0}",
-                self.apps[a]
-            ),
-            None => "/hub/".to_owned(),
-        };
-        let message = match cmd {
-            Command::SessionStart => {
-                format!("Start session for user '{user_full}' UserAgent: '{ua}'")
+        let kind = if is_conn { "connection" } else { "session" };
+        let (dir, id, what) = (u.dir, &u.id, cmd.qlik_name());
+        let line = &mut self.line;
+        line.clear();
+        // Writing to a String cannot fail.
+        _ = match self.format {
+            WireFormat::Legacy => {
+                write!(
+                    line,
+                    "/qseow-proxy-{kind};{host};{what};{dir};{id};AppAccess;"
+                )
             }
-            Command::SessionStop => format!("Stop session for user '{user_full}'"),
-            Command::ConnectionOpen => format!("connection Opened for session UserAgent: '{ua}'"),
-            Command::ConnectionClose => "connection Closed for session".to_owned(),
-        };
-        let session_id = u.session.clone().unwrap_or_default();
-        let line = match self.format {
-            WireFormat::Legacy => format!(
-                "/qseow-proxy-{};{host};{};{};{};AppAccess;{context};{message}",
-                if is_conn { "connection" } else { "session" },
-                cmd.qlik_name(),
-                u.dir,
-                u.id
-            ),
             WireFormat::Extended => {
-                let counter = self.counters.entry((u.host, is_conn)).or_insert(0);
+                let counter = &mut self.counters[u.host][usize::from(is_conn)];
                 *counter += 1;
                 let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ");
-                format!(
-                    "/whosin-{};{now};{counter};{host};{};{};{};AppAccess;{context};{session_id};{message}",
-                    if is_conn { "connection" } else { "session" },
-                    cmd.qlik_name(),
-                    u.dir,
-                    u.id
+                write!(
+                    line,
+                    "/whosin-{kind};{now};{counter};{host};{what};{dir};{id};AppAccess;"
                 )
             }
         };
-        let service = u.service;
-        let host = host.clone();
+        _ = match app {
+            Some(a) => write!(
+                line,
+                "/app/{0}?reloaduri=https%3A%2F%2F{host}%2Fsense%2Fapp%2F{0};",
+                self.apps[a]
+            ),
+            None => line.write_str("/hub/;"),
+        };
+        if self.format == WireFormat::Extended {
+            line.push_str(u.session.as_deref().unwrap_or_default());
+            line.push(';');
+        }
+        _ = match cmd {
+            Command::SessionStart => {
+                write!(
+                    line,
+                    "Start session for user '{dir}\\{id}' UserAgent: '{ua}'"
+                )
+            }
+            Command::SessionStop => write!(line, "Stop session for user '{dir}\\{id}'"),
+            Command::ConnectionOpen => {
+                write!(line, "connection Opened for session UserAgent: '{ua}'")
+            }
+            Command::ConnectionClose => line.write_str("connection Closed for session"),
+        };
+        let (service, host) = (u.service, u.host);
         if cmd == Command::SessionStop
             && let Some(sid) = self.users[idx].session.take()
             && !service
@@ -322,20 +354,23 @@ impl Generator {
         if service {
             self.report.service_account_events += 1;
         } else {
-            *self
-                .report
-                .events
-                .entry(host)
-                .or_default()
-                .entry(cmd.label().to_owned())
-                .or_default() += 1;
+            self.events[host][cmd.index()] += 1;
         }
-        line
     }
 
     /// What was made, and who is really logged in (`truth`).
     pub fn report(&self) -> Report {
         let mut r = self.report.clone();
+        for (host, counts) in self.hosts.iter().zip(&self.events) {
+            for (cmd, &n) in Command::ALL.iter().zip(counts) {
+                if n > 0 {
+                    r.events
+                        .entry(host.clone())
+                        .or_default()
+                        .insert(cmd.label().to_owned(), n);
+                }
+            }
+        }
         for host in &self.hosts {
             r.truth.insert(host.clone(), HostCounts::default());
         }
@@ -383,55 +418,6 @@ pub struct TruthSession {
     pub session_id: String,
 }
 
-/// The datagrams actually sent, replayed through whosin's rules with the
-/// service accounts left out (the tour's blacklist): what whosin must show.
-pub struct Oracle {
-    parser: crate::ingest::parse::Parser,
-    state: crate::live::LiveState,
-    hosts: Vec<String>,
-}
-
-impl Oracle {
-    /// A replay for the nodes `hosts` with whosin's default idle timeout.
-    pub fn new(hosts: &[String]) -> Self {
-        Self {
-            parser: crate::ingest::parse::Parser::new(),
-            state: crate::live::LiveState::new(Duration::from_secs(30 * 60)),
-            hosts: hosts.to_vec(),
-        }
-    }
-
-    /// One datagram as whosin receives it.
-    pub fn feed(&mut self, datagram: &str) {
-        if let Ok(ev) = self
-            .parser
-            .parse(datagram.as_bytes(), jiff::Timestamp::now())
-            && !ev.user_directory.eq_ignore_ascii_case("INTERNAL")
-        {
-            self.state.apply(&ev);
-        }
-    }
-
-    /// The counts per node now.
-    pub fn counts(&mut self) -> BTreeMap<String, HostCounts> {
-        self.state.expire(jiff::Timestamp::now());
-        self.hosts
-            .iter()
-            .map(|h| {
-                let c = self.state.counts(h);
-                (
-                    h.clone(),
-                    HostCounts {
-                        sessions: c.sessions as u64,
-                        connections: c.connections as u64,
-                        users: c.users as u64,
-                    },
-                )
-            })
-            .collect()
-    }
-}
-
 impl Generator {
     /// The sessions started and stopped since the last call, in order.
     pub fn take_changes(&mut self) -> Vec<TruthChange> {
@@ -468,13 +454,7 @@ impl Loss {
 
 /// Sends traffic as configured and returns the report.
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
-    use anyhow::Context;
-    let bind: SocketAddr = if opts.target.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let sock = UdpSocket::bind(bind).context("opening a UDP socket to send from")?;
+    let mut sender = Sender::connect(opts.target)?;
     let mut generator = Generator::new(opts.users, opts.hosts, opts.format, opts.seed);
     let mut oracle = Oracle::new(generator.hosts());
     let mut loss = Loss::new(opts.loss, opts.seed);
@@ -495,42 +475,47 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         indicatif::ProgressBar::hidden()
     };
     let start = Instant::now();
-    let mut lines = Vec::with_capacity(8);
-    let mut sent: u64 = 0;
+    let mut batch = Batch::default();
+    let mut made: u64 = 0;
     let mut send_errors = 0u64;
     loop {
         let elapsed = start.elapsed();
         if elapsed >= opts.duration {
             break;
         }
-        // Send what the rate allows by now, then wait for the next millisecond.
+        // Send what the rate allows by now, then wait for the next tick.
         let due = (opts.rate as f64 * elapsed.as_secs_f64()) as u64;
-        if sent >= due {
+        if made >= due {
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        while sent < due {
-            lines.clear();
-            generator.step(&mut lines);
-            for l in &lines {
-                sent += 1;
+        // One batch at a time, then the clock again: a rate above what this
+        // machine can send must still stop at the duration.
+        batch.clear();
+        while made < due && batch.len() < BATCH {
+            generator.step_with(|l| {
+                made += 1;
                 if loss.lose() {
                     dropped += 1;
-                    continue;
+                } else {
+                    batch.push(l);
                 }
-                match sock.send_to(l.as_bytes(), opts.target) {
-                    Ok(_) => oracle.feed(l),
-                    // Not on the wire, so not in what whosin must show.
-                    Err(_) => send_errors += 1,
-                }
-            }
+            });
         }
-        bar.set_position(sent);
+        sender.send(&batch, |i, sent| {
+            if sent {
+                oracle.feed(batch.get(i));
+            } else {
+                // Not on the wire, so not in what whosin must show.
+                send_errors += 1;
+            }
+        });
+        bar.set_position(made);
     }
     bar.finish_and_clear();
     let mut report = generator.report();
     report.seconds = start.elapsed().as_secs_f64();
-    report.sent = sent - dropped - send_errors;
+    report.sent = made - dropped - send_errors;
     report.dropped = dropped;
     report.expected = oracle.counts();
     if send_errors > 0 {
