@@ -4,6 +4,7 @@
 //! journal (`storage`) records them and gives them back at a restart, so they
 //! live below both: neither imports the other.
 
+use compact_str::CompactString;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -102,15 +103,15 @@ pub enum Change {
     /// A session began (by a start, or implied by a connection).
     SessionStarted {
         /// The host.
-        host: String,
+        host: CompactString,
         /// The user's key.
-        user_key: String,
+        user_key: CompactString,
         /// The session as it now is.
         session: Session,
         /// Directory as sent.
-        user_directory: String,
+        user_directory: CompactString,
         /// User id as sent.
-        user_id: String,
+        user_id: CompactString,
     },
     /// A session without a proxy session id learned its id from a connection
     /// (Qlik gives the id on connection events, not always on the start).
@@ -141,9 +142,9 @@ pub enum Change {
     /// A connection opened.
     ConnectionOpened {
         /// The host.
-        host: String,
+        host: CompactString,
         /// The user's key.
-        user_key: String,
+        user_key: CompactString,
         /// The connection as it now is.
         connection: Connection,
     },

@@ -5,6 +5,7 @@
 //! read the same value. Fields keep what Qlik sent (after control characters were
 //! stripped and lengths capped), so that sinks can reproduce Butler SOS's output.
 
+use compact_str::CompactString;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -122,6 +123,11 @@ pub struct UserAgent {
 }
 
 /// One accepted user event.
+///
+/// Host, user and origin are [`CompactString`]s: names of up to 24 bytes (nearly
+/// all of them) live in the event itself. The receive thread made seven heap
+/// strings per event and the core thread freed them, and that allocator
+/// traffic across threads was a tenth of the daemon's time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// When whosin received the datagram.
@@ -135,15 +141,15 @@ pub struct Event {
     /// The appender that sent it.
     pub stream: Stream,
     /// The Qlik node's host name.
-    pub host: String,
+    pub host: CompactString,
     /// What happened.
     pub command: Command,
     /// User directory, as sent.
-    pub user_directory: String,
+    pub user_directory: CompactString,
     /// User id, as sent.
-    pub user_id: String,
+    pub user_id: CompactString,
     /// Origin (may be empty).
-    pub origin: String,
+    pub origin: CompactString,
     /// Context (may be empty).
     pub context: String,
     /// The proxy session id (extended format, when Qlik provides it).

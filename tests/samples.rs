@@ -269,7 +269,7 @@ proptest! {
         if let Ok(e) = Parser::new().parse(line.as_bytes(), now()) {
             // Whatever is accepted has a user and no control characters.
             prop_assert!(!e.user_directory.is_empty() && !e.user_id.is_empty());
-            for f in [&e.host, &e.user_directory, &e.user_id, &e.origin, &e.context, &e.message] {
+            for f in [&*e.host, &e.user_directory, &e.user_id, &e.origin, &e.context, &e.message] {
                 prop_assert!(!f.chars().any(char::is_control));
             }
         }

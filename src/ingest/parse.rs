@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
 use jiff::Timestamp;
 
 use super::useragent::UaCache;
@@ -270,11 +271,13 @@ fn build(
         source_seq,
         format,
         stream,
-        host: host.into_owned(),
+        // Short names are kept inline in the event: no allocation, and
+        // none to free on the core thread.
+        host: CompactString::new(&host),
         command,
-        user_directory: user_directory.into_owned(),
-        user_id: user_id.into_owned(),
-        origin: clean(c.origin, MAX_ORIGIN_CHARS).into_owned(),
+        user_directory: CompactString::new(&user_directory),
+        user_id: CompactString::new(&user_id),
+        origin: CompactString::new(clean(c.origin, MAX_ORIGIN_CHARS)),
         app_id: app_id_of(&context),
         context,
         proxy_session_id,

@@ -1,5 +1,6 @@
 //! Ending what went quiet: idle expiry, and eviction beyond `sessions.max_tracked`.
 
+use compact_str::CompactString;
 use jiff::Timestamp;
 
 use super::*;
@@ -24,7 +25,7 @@ impl LiveState {
             return out;
         }
         let target = max - max / 100;
-        let mut idle: Vec<(Timestamp, u64, &String, &String)> = Vec::new();
+        let mut idle: Vec<(Timestamp, u64, &CompactString, &CompactString)> = Vec::new();
         for (host, h) in &self.hosts {
             for (key, user) in &h.users {
                 idle.extend(
@@ -35,7 +36,7 @@ impl LiveState {
             }
         }
         idle.sort_unstable_by_key(|&(last, id, ..)| (last, id));
-        let idle: Vec<(u64, String, String)> = idle
+        let idle: Vec<(u64, CompactString, CompactString)> = idle
             .into_iter()
             .map(|(_, id, host, key)| (id, host.clone(), key.clone()))
             .collect();

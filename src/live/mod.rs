@@ -15,6 +15,7 @@
 //! This type is deterministic: the same events and expiry calls give the same
 //! state, which is what lets the journal rebuild it after a restart.
 
+use compact_str::CompactString;
 use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub use crate::change::{Change, CloseReason, Connection, EndReason, Session, Use
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ended {
     /// The host it was on.
-    pub host: String,
+    pub host: CompactString,
     /// How it ended.
     pub reason: EndReason,
     /// How long it lasted.
@@ -78,7 +79,7 @@ pub struct Corrections {
 
 impl Outcome {
     /// Records that session `s` on `host` ended at `at` (never before it started).
-    fn end_session(&mut self, host: String, s: &Session, at: Timestamp, reason: EndReason) {
+    fn end_session(&mut self, host: CompactString, s: &Session, at: Timestamp, reason: EndReason) {
         let at = at.max(s.started_at);
         self.ended.push(Ended {
             host,
@@ -98,9 +99,9 @@ impl Outcome {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserState {
     /// The directory as first seen.
-    pub user_directory: String,
+    pub user_directory: CompactString,
     /// The user id as first seen.
-    pub user_id: String,
+    pub user_id: CompactString,
     /// Open sessions, oldest first (one, nearly always: kept inline).
     pub sessions: SmallVec<[Session; 1]>,
     /// Open connections, oldest first.
@@ -111,7 +112,7 @@ pub struct UserState {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostState {
     /// Users with at least one session, by lower-cased `dir\id`.
-    pub users: HashMap<String, Box<UserState>>,
+    pub users: HashMap<CompactString, Box<UserState>>,
     /// Open sessions on this host.
     pub sessions: usize,
     /// Open connections on this host.
@@ -132,7 +133,7 @@ pub struct Counts {
 /// Every host's live sessions.
 #[derive(Clone, Debug)]
 pub struct LiveState {
-    hosts: HashMap<String, HostState>,
+    hosts: HashMap<CompactString, HostState>,
     idle_timeout: Duration,
     next_id: u64,
     apps: HashSet<Arc<str>>,
@@ -214,7 +215,7 @@ impl LiveState {
     }
 
     /// Every host seen so far, with its state.
-    pub fn hosts(&self) -> impl Iterator<Item = (&String, &HostState)> {
+    pub fn hosts(&self) -> impl Iterator<Item = (&CompactString, &HostState)> {
         self.hosts.iter()
     }
 
@@ -232,12 +233,12 @@ impl LiveState {
         session: Session,
     ) {
         self.next_id = self.next_id.max(session.id + 1);
-        let h = self.hosts.entry(host.to_owned()).or_default();
+        let h = self.hosts.entry(host.into()).or_default();
         let key = UserKey::new(user_directory, user_id);
-        let user = h.users.entry(key.as_str().to_owned()).or_insert_with(|| {
+        let user = h.users.entry(key.as_str().into()).or_insert_with(|| {
             Box::new(UserState {
-                user_directory: user_directory.to_owned(),
-                user_id: user_id.to_owned(),
+                user_directory: user_directory.into(),
+                user_id: user_id.into(),
                 ..Default::default()
             })
         });
@@ -299,7 +300,7 @@ impl LiveState {
     /// [`LiveState::apply`] with the user's key already computed.
     pub fn apply_keyed(&mut self, ev: &Event, key: &UserKey) -> Outcome {
         let mut out = Outcome::default();
-        if !self.hosts.contains_key(&ev.host) {
+        if !self.hosts.contains_key(ev.host.as_str()) {
             out.new_host = true;
             self.hosts.insert(ev.host.clone(), HostState::default());
         }
@@ -315,7 +316,10 @@ impl LiveState {
         let new_session_id = self.next_id;
         let new_connection_id = self.next_id + 1;
         let mut used = 0u64;
-        let host = self.hosts.get_mut(&ev.host).expect("inserted above");
+        let host = self
+            .hosts
+            .get_mut(ev.host.as_str())
+            .expect("inserted above");
 
         match ev.command {
             Command::SessionStart => {
@@ -402,7 +406,7 @@ impl LiveState {
                 };
                 out.changes.push(Change::ConnectionOpened {
                     host: ev.host.clone(),
-                    user_key: key.to_owned(),
+                    user_key: key.into(),
                     connection: connection.clone(),
                 });
                 user.connections.push(connection);
@@ -451,11 +455,12 @@ impl LiveState {
 }
 
 fn user_entry<'a>(
-    users: &'a mut HashMap<String, Box<UserState>>,
+    users: &'a mut HashMap<CompactString, Box<UserState>>,
     key: &str,
     ev: &Event,
 ) -> &'a mut UserState {
-    users.entry(key.to_owned()).or_insert_with(|| {
+    // A key of a usual length is kept inline: no allocation to look it up.
+    users.entry(CompactString::new(key)).or_insert_with(|| {
         Box::new(UserState {
             user_directory: ev.user_directory.clone(),
             user_id: ev.user_id.clone(),
@@ -530,7 +535,7 @@ fn new_session(id: u64, ev: &Event, implied: bool) -> Session {
 fn started(ev: &Event, key: &str, session: &Session) -> Change {
     Change::SessionStarted {
         host: ev.host.clone(),
-        user_key: key.to_owned(),
+        user_key: key.into(),
         session: session.clone(),
         user_directory: ev.user_directory.clone(),
         user_id: ev.user_id.clone(),

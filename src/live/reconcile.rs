@@ -1,5 +1,6 @@
 //! Correcting the picture against a Qlik proxy's own session list.
 
+use compact_str::CompactString;
 use jiff::Timestamp;
 
 use super::*;
@@ -36,12 +37,12 @@ impl LiveState {
         }
         // 1. What whosin holds: confirm, or end.
         for host in hosts {
-            let Some(h) = self.hosts.get_mut(host) else {
+            let Some(h) = self.hosts.get_mut(host.as_str()) else {
                 continue;
             };
-            let keys: Vec<String> = h.users.keys().cloned().collect();
+            let keys: Vec<CompactString> = h.users.keys().cloned().collect();
             for key in keys {
-                let theirs = by_user.get(&key).map_or(&[][..], Vec::as_slice);
+                let theirs = by_user.get(key.as_str()).map_or(&[][..], Vec::as_slice);
                 let user = h.users.get_mut(&key).expect("listed above");
                 let only_vp = match theirs.first() {
                     Some(first)
@@ -88,7 +89,7 @@ impl LiveState {
                     h.sessions -= 1;
                     fixes.ended += 1;
                     out.end_session(
-                        host.clone(),
+                        host.as_str().into(),
                         &s,
                         listed_at.max(s.started_at),
                         EndReason::Reconciled,
@@ -111,7 +112,11 @@ impl LiveState {
             let mut without_id = 0;
             let mut home: Option<&String> = None;
             for host in hosts {
-                if let Some(u) = self.hosts.get(host).and_then(|h| h.users.get(key)) {
+                if let Some(u) = self
+                    .hosts
+                    .get(host.as_str())
+                    .and_then(|h| h.users.get(key.as_str()))
+                {
                     home.get_or_insert(host);
                     for s in &u.sessions {
                         match &s.proxy_session_id {
@@ -149,17 +154,17 @@ impl LiveState {
                 self.next_id += 1;
                 fixes.started += 1;
                 out.changes.push(Change::SessionStarted {
-                    host: host.clone(),
-                    user_key: key.clone(),
+                    host: host.as_str().into(),
+                    user_key: key.as_str().into(),
                     session: session.clone(),
-                    user_directory: e.user_directory.clone(),
-                    user_id: e.user_id.clone(),
+                    user_directory: e.user_directory.as_str().into(),
+                    user_id: e.user_id.as_str().into(),
                 });
-                let h = self.hosts.entry(host.clone()).or_default();
-                let user = h.users.entry(key.clone()).or_insert_with(|| {
+                let h = self.hosts.entry(host.as_str().into()).or_default();
+                let user = h.users.entry(key.as_str().into()).or_insert_with(|| {
                     Box::new(UserState {
-                        user_directory: e.user_directory.clone(),
-                        user_id: e.user_id.clone(),
+                        user_directory: e.user_directory.as_str().into(),
+                        user_id: e.user_id.as_str().into(),
                         ..Default::default()
                     })
                 });

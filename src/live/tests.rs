@@ -14,7 +14,7 @@ fn ev(cmd: Command, host: &str, user: &str, ctx: &str, secs: i64) -> Event {
         command: cmd,
         user_directory: dir.into(),
         user_id: id.into(),
-        origin: String::new(),
+        origin: Default::default(),
         context: ctx.into(),
         proxy_session_id: None,
         message: String::new(),

@@ -140,7 +140,7 @@ impl Core {
         core.state = LiveState::restored(&recovered, core.settings.idle_timeout);
         core.next_seq = recovered.next_seq;
         core.journal = Some(tx);
-        let hosts: Vec<String> = core.state.hosts().map(|(h, _)| h.clone()).collect();
+        let hosts: Vec<String> = core.state.hosts().map(|(h, _)| h.to_string()).collect();
         for h in hosts {
             let counts = core.state.counts(&h);
             core.host_metrics(&h).set_counts(counts);
@@ -151,7 +151,7 @@ impl Core {
     /// Keeps `feed` up to date with every host's state, from the next tick on.
     pub fn set_feed(&mut self, feed: Arc<feed::Feed>) {
         self.dirty
-            .extend(self.state.hosts().map(|(h, _)| h.clone()));
+            .extend(self.state.hosts().map(|(h, _)| h.to_string()));
         self.feed = Some(feed);
     }
 
@@ -204,8 +204,8 @@ impl Core {
         hm.set_counts(counts);
         hm.count_event(ev.command);
         self.record_ended(&outcome.ended);
-        if self.feed.is_some() && !self.dirty.contains(&ev.host) {
-            self.dirty.insert(ev.host.clone());
+        if self.feed.is_some() && !self.dirty.contains(ev.host.as_str()) {
+            self.dirty.insert(ev.host.to_string());
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -249,7 +249,7 @@ impl Core {
             .hosts()
             .map(|(h, _)| h)
             .filter(|h| crate::qlik::names(&r.proxy, h))
-            .cloned()
+            .map(|h| h.to_string())
             .collect();
         // A session whosin never saw the node of goes where Qlik's events
         // would name it: node_name when set, else the host as configured.
@@ -262,7 +262,7 @@ impl Core {
             .changes
             .iter()
             .filter_map(|c| match c {
-                live::Change::SessionStarted { host, .. } => Some(host.clone()),
+                live::Change::SessionStarted { host, .. } => Some(host.to_string()),
                 _ => None,
             })
             .chain(hosts)
@@ -334,8 +334,8 @@ impl Core {
 
     fn record_ended(&mut self, ended: &[Ended]) {
         for e in ended {
-            if self.feed.is_some() && !self.dirty.contains(&e.host) {
-                self.dirty.insert(e.host.clone());
+            if self.feed.is_some() && !self.dirty.contains(e.host.as_str()) {
+                self.dirty.insert(e.host.to_string());
             }
             let counts = self.state.counts(&e.host);
             let hm = self.host_metrics(&e.host);
@@ -397,7 +397,7 @@ impl Core {
                     // A lost stop leaves a phantom, a lost start hides a
                     // user: ask the proxies of this host for the truth now.
                     if let Some(tx) = &self.gaps {
-                        let _ = tx.send(ev.host.clone());
+                        let _ = tx.send(ev.host.to_string());
                     }
                 }
             }
@@ -411,7 +411,7 @@ impl Core {
             None => {
                 let mut l = [None; 2];
                 l[slot] = Some(seq);
-                self.last_seq.insert(ev.host.clone(), l);
+                self.last_seq.insert(ev.host.to_string(), l);
             }
         }
     }

@@ -208,14 +208,14 @@ pub(super) fn old_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         } else {
             Stream::Session
         },
-        host: r.get("host")?,
+        host: r.get::<_, String>("host")?.into(),
         command: Command::ALL
             .into_iter()
             .find(|c| c.label() == command)
             .unwrap_or(Command::SessionStart),
-        user_directory: r.get("user_directory")?,
-        user_id: r.get("user_id")?,
-        origin: r.get("origin")?,
+        user_directory: r.get::<_, String>("user_directory")?.into(),
+        user_id: r.get::<_, String>("user_id")?.into(),
+        origin: r.get::<_, String>("origin")?.into(),
         context: r.get("context")?,
         proxy_session_id: r.get("proxy_session_id")?,
         message: r.get("message")?,
