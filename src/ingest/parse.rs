@@ -14,6 +14,9 @@
 //! The message is the last field and may itself contain `;`.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 use compact_str::CompactString;
 use jiff::Timestamp;
@@ -310,10 +313,15 @@ pub fn clean(field: &str, max_chars: usize) -> Cow<'_, str> {
     Cow::Owned(s.trim().to_owned())
 }
 
+/// Searchers for the fixed strings of every datagram, built once: a
+/// `str::find` sets its searcher up again on each call.
+static APP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("/app/"));
+static USER_AGENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("UserAgent:"));
+
 /// The app GUID after `/app/` (or a leading `app/`) in the context, up to `?`,
 /// `/` or `#`, lower-cased; `None` unless it is a well-formed GUID.
 pub fn app_id_of(context: &str) -> Option<String> {
-    let after = if let Some(i) = context.find("/app/") {
+    let after = if let Some(i) = APP.find(context.as_bytes()) {
         &context[i + 5..]
     } else {
         context.strip_prefix("app/")?
@@ -339,7 +347,7 @@ fn is_guid(s: &str) -> bool {
 pub fn user_agent_of(message: &str) -> Option<&str> {
     const KEY: &str = "UserAgent:";
     // Qlik writes it in this case; any other case is looked for only when that fails.
-    let pos = message.find(KEY).or_else(|| {
+    let pos = USER_AGENT.find(message.as_bytes()).or_else(|| {
         message
             .as_bytes()
             .windows(KEY.len())
