@@ -418,7 +418,11 @@ fn simulated_traffic_ends_in_exactly_the_expected_state() {
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         let sent = r["sent"].as_f64().unwrap();
-        assert!(sent >= 3000.0, "{r}");
+        assert!(
+            sent >= 3000.0,
+            "{r}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         d.wait_metric("whosin_datagrams_received_total", sent);
         d.wait_metric(
             "whosin_events_blacklisted_total",

@@ -49,6 +49,12 @@ pub fn warm_up() {
     std::thread::spawn(|| LazyLock::force(&RULES));
 }
 
+/// Compiles the rules now, on this thread (when it has to be done before
+/// something is timed).
+pub fn load_now() {
+    LazyLock::force(&RULES);
+}
+
 /// Resolves one user agent without memoizing; `None` when nothing is known.
 pub fn resolve(ua: &str) -> Option<UserAgent> {
     let rules = RULES.as_ref()?;

@@ -457,6 +457,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut sender = Sender::connect(opts.target)?;
     let mut generator = Generator::new(opts.users, opts.hosts, opts.format, opts.seed);
     let mut oracle = Oracle::new(generator.hosts());
+    // The oracle parses user agents as whosin does: compiling the rules took
+    // the first datagram most of a second (several, in a debug build on a
+    // busy machine), which must not come out of the time to send.
+    crate::ingest::useragent::load_now();
     let mut loss = Loss::new(opts.loss, opts.seed);
     let mut dropped = 0u64;
     let total = opts
@@ -478,6 +482,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut batch = Batch::default();
     let mut made: u64 = 0;
     let mut send_errors = 0u64;
+    let mut first_error: Option<std::io::Error> = None;
     loop {
         let elapsed = start.elapsed();
         if elapsed >= opts.duration {
@@ -502,12 +507,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                 }
             });
         }
-        sender.send(&batch, |i, sent| {
-            if sent {
-                oracle.feed(batch.get(i));
-            } else {
-                // Not on the wire, so not in what whosin must show.
+        sender.send(&batch, |i, result| match result {
+            Ok(()) => oracle.feed(batch.get(i)),
+            // Not on the wire, so not in what whosin must show.
+            Err(e) => {
                 send_errors += 1;
+                first_error.get_or_insert(e);
             }
         });
         bar.set_position(made);
@@ -518,8 +523,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     report.sent = made - dropped - send_errors;
     report.dropped = dropped;
     report.expected = oracle.counts();
-    if send_errors > 0 {
-        tracing::warn!("{send_errors} datagrams could not be sent (is the target reachable?)");
+    if let Some(e) = first_error {
+        tracing::warn!(
+            "{send_errors} datagrams could not be sent (the first: {e}; is the target reachable?)"
+        );
     }
     Ok(report)
 }

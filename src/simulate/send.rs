@@ -78,9 +78,9 @@ impl Sender {
     /// whether it went out (a datagram the kernel refused is not retried:
     /// the report leaves it out of what whosin must show).
     #[cfg(not(target_os = "linux"))]
-    pub fn send(&mut self, batch: &Batch, mut done: impl FnMut(usize, bool)) {
+    pub fn send(&mut self, batch: &Batch, mut done: impl FnMut(usize, std::io::Result<()>)) {
         for i in 0..batch.len() {
-            done(i, self.sock.send(batch.get(i).as_bytes()).is_ok());
+            done(i, self.sock.send(batch.get(i).as_bytes()).map(|_| ()));
         }
     }
 
@@ -88,7 +88,7 @@ impl Sender {
     /// whether it went out (a datagram the kernel refused is not retried:
     /// the report leaves it out of what whosin must show).
     #[cfg(target_os = "linux")]
-    pub fn send(&mut self, batch: &Batch, mut done: impl FnMut(usize, bool)) {
+    pub fn send(&mut self, batch: &Batch, mut done: impl FnMut(usize, std::io::Result<()>)) {
         use std::os::fd::AsRawFd;
         let n = batch.len();
         self.iovecs.clear();
@@ -122,15 +122,16 @@ impl Sender {
                 )
             };
             if sent < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 // The first datagram of the rest failed; the others may go.
-                done(at, false);
+                done(at, Err(e));
                 at += 1;
             } else {
                 for i in at..at + sent as usize {
-                    done(i, true);
+                    done(i, Ok(()));
                 }
                 at += (sent as usize).max(1);
             }
@@ -156,7 +157,7 @@ mod tests {
             batch.push(d);
         }
         let mut ok = Vec::new();
-        tx.send(&batch, |i, sent| ok.push((i, sent)));
+        tx.send(&batch, |i, sent| ok.push((i, sent.is_ok())));
         assert_eq!(ok, (0..100).map(|i| (i, true)).collect::<Vec<_>>());
         let mut buf = [0u8; 512];
         for d in &want {
@@ -177,7 +178,7 @@ mod tests {
         batch.push(&"x".repeat(70_000));
         batch.push("third");
         let mut ok = Vec::new();
-        tx.send(&batch, |i, sent| ok.push((i, sent)));
+        tx.send(&batch, |i, sent| ok.push((i, sent.is_ok())));
         assert_eq!(ok, [(0, true), (1, false), (2, true)]);
         let mut buf = [0u8; 512];
         let n = rx.recv(&mut buf).unwrap();
