@@ -180,11 +180,17 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         Arc::new(core_settings(&config)?),
         metrics.clone(),
         recovered,
+        // The core hands rows over every 5 ms at most, not for every batch
+        // of datagrams (each message wakes the writer); a tenth of the commit
+        // window when that is shorter, so commits come as configured.
         storage::JournalSender::new(
             jtx,
             health.journal.clone(),
             config.journal.max_uncommitted,
             encoder,
+        )
+        .with_hold(
+            std::time::Duration::from_millis(5).min(config.journal.commit_window.get() / 10),
         ),
     );
     core.set_feed(feed.clone());

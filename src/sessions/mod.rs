@@ -6,11 +6,13 @@
 //! lock-free on the hot path; readers (the HTTP API) will get snapshots.
 
 pub mod feed;
+mod thread;
+
+pub use thread::spawn;
 
 use foldhash::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -221,7 +223,21 @@ impl Core {
         Some(seq)
     }
 
-    /// Hands what the last input produced to the journal, in one message.
+    /// Rows made and not yet handed to the journal.
+    pub fn outbox_len(&self) -> usize {
+        self.journal
+            .as_ref()
+            .map_or(0, storage::JournalSender::pending)
+    }
+
+    /// How long rows may wait in the core before they go to the journal.
+    pub fn outbox_hold(&self) -> Duration {
+        self.journal
+            .as_ref()
+            .map_or(Duration::ZERO, storage::JournalSender::hold)
+    }
+
+    /// Hands what the last inputs produced to the journal, in one message.
     pub fn send_outbox(&mut self) {
         if let Some(j) = &mut self.journal {
             j.send();
@@ -415,42 +431,6 @@ impl Core {
             }
         }
     }
-}
-
-/// Runs the core on its own thread until every sender is gone.
-pub fn spawn(mut core: Core, rx: Receiver<Input>) -> std::io::Result<JoinHandle<Core>> {
-    std::thread::Builder::new()
-        .name("whosin-core".into())
-        .spawn(move || {
-            let mut next_tick = std::time::Instant::now() + EXPIRE_EVERY;
-            loop {
-                let wait = next_tick.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(Input::Events(events)) => {
-                        for ev in events {
-                            core.handle(ev);
-                        }
-                    }
-                    Ok(Input::Reload(settings)) => core.reconfigure(settings),
-                    Ok(Input::Flush(reply)) => core.flush(reply),
-                    Ok(Input::Reconcile(r)) => {
-                        let fixes = core.reconcile(&r);
-                        let _ = r.reply.send(fixes);
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        core.send_outbox();
-                        break;
-                    }
-                }
-                if std::time::Instant::now() >= next_tick {
-                    core.tick(Timestamp::now());
-                    next_tick = std::time::Instant::now() + EXPIRE_EVERY;
-                }
-                core.send_outbox();
-            }
-            core
-        })
 }
 
 #[cfg(test)]
