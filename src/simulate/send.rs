@@ -143,12 +143,18 @@ impl Sender {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_batch_arrives_whole_and_in_order() {
+    /// A receiving socket and a sender connected to it.
+    fn pair() -> (UdpSocket, Sender) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        let mut tx = Sender::connect(rx.local_addr().unwrap()).unwrap();
+        let tx = Sender::connect(rx.local_addr().unwrap()).unwrap();
+        (rx, tx)
+    }
+
+    #[test]
+    fn a_batch_arrives_whole_and_in_order() {
+        let (rx, mut tx) = pair();
         let mut batch = Batch::default();
         let want: Vec<String> = (0..100)
             .map(|i| format!("datagram {i} {}", "x".repeat(i)))
@@ -168,10 +174,7 @@ mod tests {
 
     #[test]
     fn a_datagram_the_kernel_refuses_is_reported_and_the_rest_still_go() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let mut tx = Sender::connect(rx.local_addr().unwrap()).unwrap();
+        let (rx, mut tx) = pair();
         let mut batch = Batch::default();
         batch.push("first");
         // Larger than any UDP datagram can be.
