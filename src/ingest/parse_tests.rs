@@ -228,3 +228,17 @@ proptest::proptest! {
         proptest::prop_assert_eq!(cleaned.as_ref(), clean_reference(&field, max));
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn fields_split_as_splitn_does(line in "[a;é🙂 ]{0,30}") {
+        let want: Vec<&str> = line.splitn(7, ';').collect();
+        match fields::<7>(&line) {
+            Ok(got) => proptest::prop_assert_eq!(&got[..], &want[..]),
+            Err(r) => {
+                proptest::prop_assert_eq!(r, Reject::TooFewFields);
+                proptest::prop_assert!(want.len() < 7);
+            }
+        }
+    }
+}
