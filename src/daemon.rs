@@ -136,16 +136,10 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the journal {}", journal_path.display()))?;
     let journal_health = Arc::new(storage::JournalHealth::default());
     let (jtx, jrx) = std::sync::mpsc::channel();
-    // The core hands rows over every 5 ms at most, not for every batch of
-    // datagrams (each message wakes the writer): a tenth of the commit window
-    // when that is shorter. The writer's own window is shorter by as much, so
-    // an event is still on disk within journal.commit_window.
-    let window = config.journal.commit_window.get();
-    let hold = std::time::Duration::from_millis(5).min(window / 10);
     let journal_thread = storage::spawn_writer(
         conn,
         storage::WriterSettings {
-            window: window - hold,
+            window: config.journal.commit_window.get(),
             retention: config.retention.get(),
             max_uncommitted: config.journal.max_uncommitted,
         },
@@ -191,8 +185,7 @@ async fn serve(source: &config::Source, config: Config) -> anyhow::Result<()> {
             health.journal.clone(),
             config.journal.max_uncommitted,
             encoder,
-        )
-        .with_hold(hold),
+        ),
     );
     core.set_feed(feed.clone());
     // Extended format: a sequence gap reconciles that host's proxies at once.

@@ -223,21 +223,7 @@ impl Core {
         Some(seq)
     }
 
-    /// Rows made and not yet handed to the journal.
-    pub fn outbox_len(&self) -> usize {
-        self.journal
-            .as_ref()
-            .map_or(0, storage::JournalSender::pending)
-    }
-
-    /// How long rows may wait in the core before they go to the journal.
-    pub fn outbox_hold(&self) -> Duration {
-        self.journal
-            .as_ref()
-            .map_or(Duration::ZERO, storage::JournalSender::hold)
-    }
-
-    /// Hands what the last inputs produced to the journal, in one message.
+    /// Hands what the last input produced to the journal, in one message.
     pub fn send_outbox(&mut self) {
         if let Some(j) = &mut self.journal {
             j.send();

@@ -78,7 +78,6 @@ pub struct JournalSender {
     health: Arc<JournalHealth>,
     max_uncommitted: usize,
     encoder: Encoder,
-    hold: Duration,
 }
 
 impl JournalSender {
@@ -95,21 +94,7 @@ impl JournalSender {
             health,
             max_uncommitted,
             encoder,
-            hold: Duration::ZERO,
         }
-    }
-
-    /// Lets the core gather rows for up to `hold` before it sends them (the
-    /// default is none: every input's rows go at once). Keep it below the
-    /// writer's commit window, which it adds to.
-    pub fn with_hold(mut self, hold: Duration) -> Self {
-        self.hold = hold;
-        self
-    }
-
-    /// How long rows may wait before they are sent ([`JournalSender::with_hold`]).
-    pub fn hold(&self) -> Duration {
-        self.hold
     }
 
     /// Encodes event `seq` (sent with the next [`JournalSender::send`]).
