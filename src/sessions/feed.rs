@@ -70,16 +70,18 @@ impl Feed {
 /// The snapshot of one host of `state`.
 pub fn host_snapshot(state: &crate::live::LiveState, host: &str) -> HostSnapshot {
     let counts = state.counts(host);
-    let mut user_list: Vec<String> = state
+    // In the order of the users' keys (lower-cased `dir\id`): the key is
+    // at hand, where lower-casing every name again for each comparison
+    // made this a thirtieth of the core thread with 5,000 users on a host.
+    let mut users: Vec<(&str, &crate::live::UserState)> = state
         .host(host)
-        .map(|h| {
-            h.users
-                .values()
-                .map(|u| format!("{}\\{}", u.user_directory, u.user_id))
-                .collect()
-        })
+        .map(|h| h.users.iter().map(|(k, u)| (k.as_str(), &**u)).collect())
         .unwrap_or_default();
-    user_list.sort_unstable_by_key(|u| u.to_lowercase());
+    users.sort_unstable_by_key(|(k, _)| *k);
+    let user_list = users
+        .iter()
+        .map(|(_, u)| format!("{}\\{}", u.user_directory, u.user_id))
+        .collect();
     HostSnapshot {
         sessions: counts.sessions,
         connections: counts.connections,

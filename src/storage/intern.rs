@@ -10,9 +10,11 @@
 //! them short-lived) start over in numbered generations, which is also what
 //! lets retention drop old texts without scanning the events.
 
+use compact_str::CompactString;
 use foldhash::HashMap;
 use rusqlite::{Connection, OptionalExtension};
 
+use super::template::{USER_MARK, take_user_out};
 use crate::change::{Change, UserKey};
 use crate::event::{Event, Format, Stream, UserAgent};
 
@@ -119,14 +121,9 @@ pub mod kind {
     pub const CONNECTION: u8 = 1 << 2;
     /// The extended format.
     pub const EXTENDED: u8 = 1 << 3;
-    /// The message is stored with the user's name replaced by [`super::USER_MARK`].
+    /// The message is stored with the user's name replaced by [`USER_MARK`].
     pub const TEMPLATED: u8 = 1 << 4;
 }
-
-/// What stands for `DIRECTORY\userid` in a stored message. Qlik's text
-/// never holds it (the parser strips control characters), and a message is
-/// only templated when it does not, so putting the name back is exact.
-pub const USER_MARK: char = '\u{1}';
 
 /// How many values a dictionary holds before it starts over.
 const MAX_HOSTS: usize = 10_000;
@@ -174,19 +171,22 @@ impl<K: std::hash::Hash + Eq> Table<K> {
 }
 
 /// Turns events and changes into rows, giving new strings their ids.
+///
+/// Keys of up to 24 bytes (nearly every host, user and app key) are kept
+/// inside the table's own slots: a lookup that had to follow a pointer to
+/// compare its key missed the cache a second time, and the users' table
+/// alone was a sixth of the core thread.
 pub struct Encoder {
-    hosts: Table<Box<str>>,
+    hosts: Table<CompactString>,
     /// By `directory U+0001 user_id`, as sent.
-    users: Table<Box<str>>,
+    users: Table<CompactString>,
     agents: Table<UserAgent>,
-    targets: Table<Box<str>>,
-    texts: Table<Box<str>>,
+    targets: Table<CompactString>,
+    texts: Table<CompactString>,
     /// The texts' generation needs its first row before the next text.
     generation_written: bool,
     out: Vec<Row>,
     scratch: String,
-    /// `DIRECTORY\userid` of the event being encoded.
-    user_full: String,
     /// Its message with the user's name taken out.
     template: String,
 }
@@ -217,7 +217,6 @@ impl Encoder {
             generation_written: false,
             out: Vec::new(),
             scratch: String::new(),
-            user_full: String::new(),
             template: String::new(),
         };
         let mut stmt = conn.prepare("SELECT id, name FROM hosts ORDER BY id")?;
@@ -236,7 +235,9 @@ impl Encoder {
             ))
         })? {
             let (id, dir, uid) = r?;
-            e.users.ids.insert(format!("{dir}\u{1}{uid}").into(), id);
+            e.users
+                .ids
+                .insert(compact_str::format_compact!("{dir}\u{1}{uid}"), id);
         }
         let mut stmt = conn
             .prepare("SELECT id, browser, browser_major, os, os_version FROM agents ORDER BY id")?;
@@ -371,44 +372,16 @@ impl Encoder {
         if ev.format == Format::Extended {
             kind |= kind::EXTENDED;
         }
-        // The template is made in buffers the encoder keeps: no allocation
+        // The template is made in a buffer the encoder keeps: no allocation
         // per event (a new text is copied once, into the dictionary).
-        let mut user = std::mem::take(&mut self.user_full);
-        user.clear();
-        user.push_str(&ev.user_directory);
-        user.push('\\');
-        user.push_str(&ev.user_id);
-        // memchr's vectorised search: the standard library's set up its
-        // searcher again for every event (6% of the core thread's profile).
-        // Without the prefilter, which costs more to build for a new needle
-        // every event than it saves on a message of a few hundred bytes.
-        // A message that has U+0001 itself stays as it is.
-        let finder = memchr::memmem::FinderBuilder::new()
-            .prefilter(memchr::memmem::Prefilter::None)
-            .build_forward(user.as_bytes());
-        let first = finder
-            .find(ev.message.as_bytes())
-            .filter(|_| !ev.message.contains(USER_MARK));
-        let message = if let Some(first) = first {
+        let mut t = std::mem::take(&mut self.template);
+        let message = if take_user_out(&ev.message, &ev.user_directory, &ev.user_id, &mut t) {
             kind |= kind::TEMPLATED;
-            let mut t = std::mem::take(&mut self.template);
-            t.clear();
-            let mut rest = ev.message.as_str();
-            let mut at = Some(first);
-            while let Some(i) = at {
-                t.push_str(&rest[..i]);
-                t.push(USER_MARK);
-                rest = &rest[i + user.len()..];
-                at = finder.find(rest.as_bytes());
-            }
-            t.push_str(rest);
-            let id = self.text(&t);
-            self.template = t;
-            id
+            self.text(&t)
         } else {
             self.text(&ev.message)
         };
-        self.user_full = user;
+        self.template = t;
         let time = super::nanos(ev.time());
         let row = EventRow {
             seq,

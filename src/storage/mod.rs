@@ -29,6 +29,7 @@ pub mod read;
 pub mod recover;
 pub mod rows;
 pub mod schema;
+pub mod template;
 pub mod writer;
 
 #[cfg(test)]

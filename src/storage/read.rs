@@ -7,7 +7,8 @@ use jiff::Timestamp;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::intern::{USER_MARK, kind};
+use super::intern::kind;
+use super::template::put_user_back;
 use super::{from_nanos, nanos};
 use crate::event::{Command, Format, Stream};
 
@@ -194,7 +195,7 @@ fn stored_event(r: &rusqlite::Row<'_>, c: &Cols) -> rusqlite::Result<StoredEvent
     let user = format!("{dir}\\{id}");
     let mut message: String = r.get(c.message)?;
     if k as u8 & kind::TEMPLATED != 0 {
-        message = message.replace(USER_MARK, &user);
+        message = put_user_back(&message, &user);
     }
     let time: i64 = r.get(c.time)?;
     let received: Option<i64> = r.get(c.received)?;
