@@ -42,13 +42,14 @@ struct NewSession<'a> {
     row: &'a SessionRow,
     proxy_session_id: Option<&'a str>,
     virtual_proxy: Option<&'a str>,
-    end: Option<(i64, u8)>,
+    /// It also ended in this batch.
+    ended: bool,
 }
 
-/// A connection to insert, with its close when the batch has it.
+/// A connection to insert, and whether it also closed in this batch.
 struct NewConnection<'a> {
     row: &'a ConnectionRow,
-    close: Option<(i64, u8)>,
+    closed: bool,
 }
 
 /// Writes rows in the transaction `tx` (which the caller commits).
@@ -59,8 +60,8 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     let mut connections: Vec<NewConnection<'_>> = Vec::new();
     let mut connection_at: HashMap<u64, usize> = HashMap::default();
     let mut updates: Vec<&Row> = Vec::new();
-    let mut session_hours: Vec<(i64, i64, bool)> = Vec::new();
-    let mut connection_hours: Vec<(i64, i64, bool)> = Vec::new();
+    let mut session_hours: Vec<HourRow> = Vec::new();
+    let mut connection_hours: Vec<HourRow> = Vec::new();
     for row in rows {
         match row {
             Row::Event(e) => events.push(e),
@@ -80,7 +81,7 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                     row: s,
                     proxy_session_id: s.proxy_session_id.as_deref(),
                     virtual_proxy: s.virtual_proxy.as_deref(),
-                    end: None,
+                    ended: false,
                 });
             }
             Row::SessionBound {
@@ -102,17 +103,17 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
             } => {
                 match session_at.get(id) {
                     Some(&i) => {
-                        sessions[i].end.get_or_insert((*at, *reason));
+                        sessions[i].ended = true;
                     }
                     None => updates.push(row),
                 }
-                session_hours.extend(super::hour_rows(*started_at, *at, *id));
+                session_hours.extend(hour_rows(*started_at, *at, *reason, *id));
             }
             Row::ConnectionOpened(c) => {
                 connection_at.entry(c.id).or_insert(connections.len());
                 connections.push(NewConnection {
                     row: c,
-                    close: None,
+                    closed: false,
                 });
             }
             Row::ConnectionClosed {
@@ -123,11 +124,11 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
             } => {
                 match connection_at.get(id) {
                     Some(&i) => {
-                        connections[i].close.get_or_insert((*at, *reason));
+                        connections[i].closed = true;
                     }
                     None => updates.push(row),
                 }
-                connection_hours.extend(super::hour_rows(*opened_at, *at, *id));
+                connection_hours.extend(hour_rows(*opened_at, *at, *reason, *id));
             }
         }
     }
@@ -185,87 +186,82 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
             b.v(c.row.opened_at)
         },
     )?;
-    // Ends: of the rows above, and of rows of earlier batches.
-    let mut ends: Vec<(i64, i64, u8)> = Vec::new();
-    let mut closes: Vec<(i64, i64, u8)> = Vec::new();
+    // Open intervals are listed apart; an end (its row of the hours below)
+    // takes the interval off that list when it began in an earlier batch.
     let mut opened: Vec<i64> = Vec::new();
     let mut connected: Vec<i64> = Vec::new();
     let mut ended: Vec<i64> = Vec::new();
     let mut closed: Vec<i64> = Vec::new();
     for s in &sessions {
-        match s.end {
-            Some((at, why)) => ends.push((s.row.id as i64, at, why)),
-            None => opened.push(s.row.id as i64),
+        if !s.ended {
+            opened.push(s.row.id as i64);
         }
     }
     for c in &connections {
-        match c.close {
-            Some((at, why)) => closes.push((c.row.id as i64, at, why)),
-            None => connected.push(c.row.id as i64),
+        if !c.closed {
+            connected.push(c.row.id as i64);
         }
     }
     for row in updates {
         match row {
-            Row::SessionEnded { id, at, reason, .. } => {
-                ends.push((*id as i64, *at, *reason));
-                ended.push(*id as i64);
-            }
-            Row::ConnectionClosed { id, at, reason, .. } => {
-                closes.push((*id as i64, *at, *reason));
-                closed.push(*id as i64);
-            }
+            Row::SessionEnded { id, .. } => ended.push(*id as i64),
+            Row::ConnectionClosed { id, .. } => closed.push(*id as i64),
             other => update(tx, other)?,
         }
     }
-    let end = |e: &(i64, i64, u8), b: &mut Binder<'_, '_>| {
-        b.v(e.0)?;
-        b.v(e.1)?;
-        b.v(e.2)
-    };
     let id = |i: &i64, b: &mut Binder<'_, '_>| b.v(i);
     // In key order, each insert lands next to the one before in pages that
-    // are already in hand, where in arrival order (sessions end in a
+    // are already in hand, where in arrival order (intervals end in a
     // different order than they started) each one is a new descent and the
-    // splits scatter. The sorts are stable: the first end of a row is the
-    // one that counts (OR IGNORE).
-    ends.sort_by_key(|e| e.0);
-    closes.sort_by_key(|e| e.0);
+    // splits scatter. The sort is stable: the first end of an interval is
+    // the one that counts (OR IGNORE).
     ended.sort_unstable();
     closed.sort_unstable();
-    session_hours.sort_by_key(|h| (h.0, h.1));
-    connection_hours.sort_by_key(|h| (h.0, h.1));
-    insert_many(tx, "session_ends (id, ended_at, end_reason)", 3, &ends, end)?;
-    insert_many(
-        tx,
-        "connection_closes (id, closed_at, close_reason)",
-        3,
-        &closes,
-        end,
-    )?;
+    session_hours.sort_by_key(|h| (h.hour, h.id));
+    connection_hours.sort_by_key(|h| (h.hour, h.id));
     insert_many(tx, "open_sessions (id)", 1, &opened, id)?;
     insert_many(tx, "open_connections (id)", 1, &connected, id)?;
     delete_many(tx, "open_sessions", &ended)?;
     delete_many(tx, "open_connections", &closed)?;
-    let triple = |p: &(i64, i64, bool), b: &mut Binder<'_, '_>| {
-        b.v(p.0)?;
-        b.v(p.1)?;
-        b.v(p.2)
+    let hour = |h: &HourRow, b: &mut Binder<'_, '_>| {
+        b.v(h.hour)?;
+        b.v(h.id)?;
+        b.v(h.end.is_some())?;
+        b.v(h.end.map(|e| e.0))?;
+        b.v(h.end.map(|e| e.1))
     };
     insert_many(
         tx,
-        "session_hours (hour, id, first)",
-        3,
+        "session_hours (hour, id, first, ended_at, end_reason)",
+        5,
         &session_hours,
-        triple,
+        hour,
     )?;
     insert_many(
         tx,
-        "connection_hours (hour, id, first)",
-        3,
+        "connection_hours (hour, id, first, closed_at, close_reason)",
+        5,
         &connection_hours,
-        triple,
+        hour,
     )?;
     Ok(())
+}
+
+/// One row of an hour table: an ended interval listed under an hour it
+/// covers; the row of its first hour also holds its end (time, reason).
+struct HourRow {
+    hour: i64,
+    id: i64,
+    end: Option<(i64, u8)>,
+}
+
+/// The hour rows of interval `id`, which ran from `start` to `end`.
+fn hour_rows(start: i64, end: i64, reason: u8, id: u64) -> impl Iterator<Item = HourRow> {
+    super::hour_rows(start, end, id).map(move |(hour, id, first)| HourRow {
+        hour,
+        id,
+        end: first.then_some((end, reason)),
+    })
 }
 
 /// Binds a statement's parameters in order, each value with its own type:

@@ -465,3 +465,129 @@ fn retention_drops_old_generations_of_texts() {
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].message, "Start");
 }
+
+/// A journal written by the compact journal's first release (schema 4:
+/// `tests/data/journal-v4.sqlite`, made by `whosin run` of commit 016d50f
+/// with simulated traffic in both formats and a 2 s idle timeout, so that
+/// sessions ended both ways) keeps every end when migration 5 moves the ends
+/// into the hour tables, including one whose first hour's row the old
+/// retention had removed.
+#[test]
+fn a_journal_of_schema_4_keeps_every_end() {
+    use rusqlite::types::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let path = path_in(dir.path());
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/journal-v4.sqlite"),
+        &path,
+    )
+    .unwrap();
+    let all = |c: &Connection, sql: &str| -> Vec<Vec<Value>> {
+        let mut stmt = c.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let old = Connection::open(&path).unwrap();
+    let v: i64 = old
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 4);
+    // What retention of schema 4 left of a session that began three hours
+    // before the cutoff and ended after it: its row, its end, and only the
+    // hour rows from the cutoff's hour on.
+    let moved: i64 = old
+        .query_row("SELECT min(id) FROM session_ends", [], |r| r.get(0))
+        .unwrap();
+    old.execute_batch(&format!(
+        "UPDATE sessions SET started_at = started_at - 3 * {HOUR_NS} WHERE id = {moved};
+         UPDATE session_hours SET first = 0 WHERE id = {moved};"
+    ))
+    .unwrap();
+    let sessions = all(&old, "SELECT * FROM sessions_v ORDER BY id");
+    let connections = all(&old, "SELECT * FROM connections_v ORDER BY id");
+    let ended = |rows: &[Vec<Value>], col: usize| {
+        rows.iter()
+            .filter(|r| !matches!(r[col], Value::Null))
+            .count()
+    };
+    assert_eq!(ended(&sessions, 9), 519);
+    assert_eq!(ended(&connections, 7), 556);
+    let reasons: Vec<Vec<Value>> = all(
+        &old,
+        "SELECT end_reason, count(*) FROM session_ends GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(
+        reasons.len(),
+        2,
+        "stopped and expired sessions: {reasons:?}"
+    );
+    drop(old);
+
+    let conn = open(&path).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v as usize, schema::MIGRATIONS.len());
+    assert_eq!(all(&conn, "SELECT * FROM sessions_v ORDER BY id"), sessions);
+    assert_eq!(
+        all(&conn, "SELECT * FROM connections_v ORDER BY id"),
+        connections
+    );
+    let tables = all(
+        &conn,
+        "SELECT name FROM sqlite_schema WHERE name IN ('session_ends', 'connection_closes')",
+    );
+    assert!(tables.is_empty(), "{tables:?}");
+    // The open state and the forensic answers are the ones of before.
+    let r = recover(&conn, Duration::from_secs(2)).unwrap();
+    assert_eq!(r.sessions.len(), sessions.len() - 519);
+    assert_eq!(r.connections.len(), connections.len() - 556);
+    let nanos_of = |v: &Value| match v {
+        Value::Integer(i) => Some(*i),
+        _ => None,
+    };
+    // (Before the cutoff, the moved session is missing hour rows: retention
+    // had made those times older than the journal answers for.)
+    let first = sessions
+        .iter()
+        .filter(|s| nanos_of(&s[0]) != Some(moved))
+        .filter_map(|s| nanos_of(&s[8]))
+        .min()
+        .unwrap();
+    let last = sessions
+        .iter()
+        .filter_map(|s| nanos_of(&s[9]))
+        .max()
+        .unwrap();
+    let mut t = first;
+    while t <= last {
+        let expected = sessions
+            .iter()
+            .filter(|s| nanos_of(&s[8]).unwrap() <= t && nanos_of(&s[9]).is_none_or(|e| e > t))
+            .count();
+        let got = crate::queries::sessions_at(&conn, from_nanos(t), &Default::default())
+            .unwrap()
+            .sessions
+            .len();
+        assert_eq!(got, expected, "sessions at {}", from_nanos(t));
+        t += 250_000_000;
+    }
+    // Retention with its cutoff a second before the first of the other
+    // sessions began: nothing ended before it, and the moved session keeps
+    // the row of its first hour (hours before the cutoff's) with its end.
+    let mut w = Writer::new(
+        conn,
+        Arc::default(),
+        crate::metrics::Metrics::new(&[]),
+        1000,
+    );
+    let age = nanos(Timestamp::now()) - (first - 1_000_000_000);
+    w.retain(Duration::from_nanos(age as u64));
+    assert_eq!(
+        all(&w.conn, "SELECT * FROM sessions_v ORDER BY id"),
+        sessions
+    );
+}

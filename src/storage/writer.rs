@@ -384,19 +384,22 @@ impl Writer {
                     rusqlite::params![lo, hi, cutoff],
                 )?;
             }
-            // Intervals that ended before the cutoff, found by their hours.
+            // Intervals that ended before the cutoff, found by the row of
+            // their first hour (which holds the end). The hour rows before
+            // the cutoff's hour go, except the first ones of intervals that
+            // stay: the journal keeps their ends there.
             tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS gone (id INTEGER PRIMARY KEY)")?;
-            for (table, ends, end, hours) in [
-                ("sessions", "session_ends", "ended_at", "session_hours"),
-                ("connections", "connection_closes", "closed_at", "connection_hours"),
+            for (table, end, hours) in [
+                ("sessions", "ended_at", "session_hours"),
+                ("connections", "closed_at", "connection_hours"),
             ] {
                 tx.execute_batch(&format!(
                     "DELETE FROM gone;
-                     INSERT OR IGNORE INTO gone SELECT id FROM {ends}
-                         WHERE id IN (SELECT id FROM {hours} WHERE hour <= {hour}) AND {end} < {cutoff};
+                     INSERT OR IGNORE INTO gone SELECT id FROM {hours}
+                         WHERE hour <= {hour} AND first AND {end} < {cutoff};
                      DELETE FROM {table} WHERE id IN (SELECT id FROM gone);
-                     DELETE FROM {ends} WHERE id IN (SELECT id FROM gone);
-                     DELETE FROM {hours} WHERE hour < {hour};"
+                     DELETE FROM {hours} WHERE hour < {hour}
+                         AND (NOT first OR id IN (SELECT id FROM gone));"
                 ))?;
             }
             tx.execute_batch(&format!(
