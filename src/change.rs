@@ -237,7 +237,11 @@ impl UserKey {
 
 fn push_lower(out: &mut CompactString, s: &str) {
     if s.is_ascii() {
-        out.extend(s.bytes().map(|b| b.to_ascii_lowercase() as char));
+        // Copied whole, then lowered in place: a char at a time, each push
+        // checked the string's inline or heap form again.
+        let start = out.len();
+        out.push_str(s);
+        out.as_mut_str()[start..].make_ascii_lowercase();
     } else {
         out.push_str(&s.to_lowercase());
     }

@@ -221,7 +221,7 @@ fn clean_reference(field: &str, max_chars: usize) -> String {
 proptest::proptest! {
     #[test]
     fn clean_is_its_definition_with_or_without_the_fast_path(
-        field in "[ \\t\\x0b\\x0c\\r\\n\\u{a0}\\u{3000}\\x01a-z(nul)é🙂;'\\\\]{0,40}",
+        field in "[ \\t\\x0b\\x0c\\r\\n\\u{a0}\\u{3000}\\x01\\x1f\\x7f~a-z(nul)é🙂;'\\\\]{0,40}",
         max in 0usize..24,
     ) {
         let cleaned = clean(&field, max);

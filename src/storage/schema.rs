@@ -6,6 +6,7 @@
 //! stored once in a dictionary table and rows hold small integers. Migration
 //! 4 renames the old tables (`v3_*`); [`super::migrate`] then copies their rows
 //! into the new ones and drops them, resumably, before the journal is used.
+//! Migration 5 moves the intervals' ends into the rows of their first hours.
 
 use std::path::Path;
 use std::time::Duration;
@@ -325,10 +326,23 @@ pub(super) fn migrate_to(conn: &Connection, version: usize) -> rusqlite::Result<
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let current = usize::try_from(current).unwrap_or(0);
     for (i, sql) in MIGRATIONS.iter().enumerate().take(version).skip(current) {
+        // A new journal runs them all at once, in no time; an existing one
+        // says what it is doing, since a large one takes a moment.
+        let started = std::time::Instant::now();
+        if current > 0 {
+            tracing::info!("journal: updating its schema to version {}", i + 1);
+        }
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
+        if current > 0 {
+            tracing::info!(
+                "journal: schema version {} in {:.1} s",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
