@@ -87,7 +87,7 @@ fn changes(
     let no_user: Option<String> = None;
     let mut stmt = conn.prepare_cached(&overlapping(
         SESSIONS,
-        "x.user_ref, x.started_at, x.ended_at",
+        "x.user_ref, x.started_at, k.ended_at",
         "",
     ))?;
     let rows = stmt.query_map(params![lo, hi, f.host, lo_h, hi_h, no_user], |r| {
@@ -107,7 +107,7 @@ fn changes(
         }
     }
     let mut stmt =
-        conn.prepare_cached(&overlapping(CONNECTIONS, "x.opened_at, x.closed_at", ""))?;
+        conn.prepare_cached(&overlapping(CONNECTIONS, "x.opened_at, k.closed_at", ""))?;
     let rows = stmt.query_map(params![lo, hi, f.host, lo_h, hi_h, no_user], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
     })?;

@@ -76,12 +76,14 @@ pub struct Filter {
     pub user_key: Option<String>,
 }
 
-/// A journal table of intervals: its name and its start and end columns.
+/// A journal table of intervals: its name, its hour table, and its start,
+/// end and end reason columns.
 pub(crate) struct Intervals {
     table: &'static str,
     hours: &'static str,
     start: &'static str,
     end: &'static str,
+    reason: &'static str,
 }
 
 pub(crate) const SESSIONS: Intervals = Intervals {
@@ -89,6 +91,7 @@ pub(crate) const SESSIONS: Intervals = Intervals {
     hours: "session_hours",
     start: "started_at",
     end: "ended_at",
+    reason: "end_reason",
 };
 
 pub(crate) const CONNECTIONS: Intervals = Intervals {
@@ -96,33 +99,40 @@ pub(crate) const CONNECTIONS: Intervals = Intervals {
     hours: "connection_hours",
     start: "opened_at",
     end: "closed_at",
+    reason: "close_reason",
 };
 
-/// The one query behind every forensic answer: the rows (as `x`) of an
-/// interval table that overlap `[?1, ?2]` (nanoseconds; `?4`, `?5` their
-/// Unix hours), optionally only on host `?3` and of user `?6`. An instant is
-/// the range `[t, t]`: started at or before it, not ended by it.
+/// The one query behind every forensic answer: the rows (as `x`, with the
+/// end as `k.ended_at` and `k.end_reason`, or `k.closed_at` and
+/// `k.close_reason`) of an interval table that overlap `[?1, ?2]`
+/// (nanoseconds; `?4`, `?5` their Unix hours), optionally only on host `?3`
+/// and of user `?6`. An instant is the range `[t, t]`: started at or before
+/// it, not ended by it.
 ///
 /// Candidates come from the hour lists of ended intervals (the rows of the
 /// range's first hour, and the first-hour rows of the later ones: each
-/// interval once) and the list of open ones (see the journal's schema); the
-/// exact nanosecond columns decide.
+/// interval once), which carry the end, so those that ended before the
+/// range are left out before anything is joined, and from the list of open
+/// ones (see the journal's schema); the exact nanosecond columns decide.
 pub(crate) fn overlapping(i: Intervals, columns: &str, order: &str) -> String {
     let Intervals {
         table,
         hours,
         start,
         end,
+        reason,
     } = i;
     format!(
         "SELECT {columns}
-         FROM (SELECT r.id FROM {hours} r WHERE r.hour = ?4
+         FROM (SELECT r.id AS id, r.{end} AS {end}, r.{reason} AS {reason} FROM {hours} r
+                   WHERE r.hour = ?4 AND r.{end} > ?1
                UNION ALL
-               SELECT r.id FROM {hours} r WHERE r.hour > ?4 AND r.hour <= ?5 AND r.first
+               SELECT r.id, r.{end}, r.{reason} FROM {hours} r
+                   WHERE r.hour > ?4 AND r.hour <= ?5 AND r.first AND r.{end} > ?1
                UNION ALL
-               SELECT o.id FROM open_{table} o) AS k
-         CROSS JOIN {table}_v x ON x.id = k.id
-         WHERE x.{start} <= ?2 AND (x.{end} IS NULL OR x.{end} > ?1)
+               SELECT o.id, NULL, NULL FROM open_{table} o) AS k
+         CROSS JOIN {table}_x x ON x.id = k.id
+         WHERE x.{start} <= ?2
            AND (?3 IS NULL OR x.host = ?3) AND (?6 IS NULL OR x.user_key = ?6)
          {order}"
     )

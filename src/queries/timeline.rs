@@ -87,7 +87,7 @@ pub fn timeline(
     let mut stmt = conn.prepare_cached(&overlapping(
         SESSIONS,
         "x.id, x.host, x.user_key, x.user_directory, x.user_id, x.proxy_session_id,
-         x.started_at, x.ended_at, x.end_reason, x.browser, x.browser_major, x.os,
+         x.started_at, k.ended_at, k.end_reason, x.browser, x.browser_major, x.os,
          x.os_version, x.virtual_proxy, x.reconciled",
         "ORDER BY x.started_at, x.id",
     ))?;
@@ -123,8 +123,8 @@ pub fn timeline(
 
     let mut stmt = conn.prepare_cached(&overlapping(
         CONNECTIONS,
-        "x.host, x.user_key, x.app_id, x.proxy_session_id, x.opened_at, x.closed_at,
-         x.close_reason",
+        "x.host, x.user_key, x.app_id, x.proxy_session_id, x.opened_at, k.closed_at,
+         k.close_reason",
         "ORDER BY x.opened_at, x.id",
     ))?;
     let mut connections = Vec::new();

@@ -7,7 +7,7 @@
 //! of inserted and then updated. Inserts come first and updates after, in
 //! their order, so an update always finds the row it changes.
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use rusqlite::{CachedStatement, Connection, ToSql, Transaction, params};
 
 use super::intern::{ConnectionRow, Dict, EventRow, Row, SessionRow};
@@ -60,6 +60,9 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     let mut connections: Vec<NewConnection<'_>> = Vec::new();
     let mut connection_at: HashMap<u64, usize> = HashMap::default();
     let mut updates: Vec<&Row> = Vec::new();
+    // Intervals of earlier batches that ended in this one.
+    let mut ended_before: HashSet<u64> = HashSet::default();
+    let mut closed_before: HashSet<u64> = HashSet::default();
     let mut session_hours: Vec<HourRow> = Vec::new();
     let mut connection_hours: Vec<HourRow> = Vec::new();
     for row in rows {
@@ -101,13 +104,18 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                 at,
                 reason,
             } => {
-                match session_at.get(id) {
-                    Some(&i) => {
-                        sessions[i].ended = true;
+                // The first end of an interval is the one that counts: a
+                // second would list it under hours the first did not.
+                let first_end = match session_at.get(id) {
+                    Some(&i) => !std::mem::replace(&mut sessions[i].ended, true),
+                    None => ended_before.insert(*id),
+                };
+                if first_end {
+                    if !session_at.contains_key(id) {
+                        updates.push(row);
                     }
-                    None => updates.push(row),
+                    session_hours.extend(hour_rows(*started_at, *at, *reason, *id));
                 }
-                session_hours.extend(hour_rows(*started_at, *at, *reason, *id));
             }
             Row::ConnectionOpened(c) => {
                 connection_at.entry(c.id).or_insert(connections.len());
@@ -122,13 +130,16 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                 at,
                 reason,
             } => {
-                match connection_at.get(id) {
-                    Some(&i) => {
-                        connections[i].closed = true;
+                let first_end = match connection_at.get(id) {
+                    Some(&i) => !std::mem::replace(&mut connections[i].closed, true),
+                    None => closed_before.insert(*id),
+                };
+                if first_end {
+                    if !connection_at.contains_key(id) {
+                        updates.push(row);
                     }
-                    None => updates.push(row),
+                    connection_hours.extend(hour_rows(*opened_at, *at, *reason, *id));
                 }
-                connection_hours.extend(hour_rows(*opened_at, *at, *reason, *id));
             }
         }
     }
@@ -213,8 +224,7 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     // In key order, each insert lands next to the one before in pages that
     // are already in hand, where in arrival order (intervals end in a
     // different order than they started) each one is a new descent and the
-    // splits scatter. The sort is stable: the first end of an interval is
-    // the one that counts (OR IGNORE).
+    // splits scatter.
     ended.sort_unstable();
     closed.sort_unstable();
     session_hours.sort_by_key(|h| (h.hour, h.id));
@@ -226,9 +236,9 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
     let hour = |h: &HourRow, b: &mut Binder<'_, '_>| {
         b.v(h.hour)?;
         b.v(h.id)?;
-        b.v(h.end.is_some())?;
-        b.v(h.end.map(|e| e.0))?;
-        b.v(h.end.map(|e| e.1))
+        b.v(h.first)?;
+        b.v(h.end)?;
+        b.v(h.reason)
     };
     insert_many(
         tx,
@@ -248,11 +258,13 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
 }
 
 /// One row of an hour table: an ended interval listed under an hour it
-/// covers; the row of its first hour also holds its end (time, reason).
+/// covers, with its end (the queries start from these rows).
 struct HourRow {
     hour: i64,
     id: i64,
-    end: Option<(i64, u8)>,
+    first: bool,
+    end: i64,
+    reason: u8,
 }
 
 /// The hour rows of interval `id`, which ran from `start` to `end`.
@@ -260,7 +272,9 @@ fn hour_rows(start: i64, end: i64, reason: u8, id: u64) -> impl Iterator<Item = 
     super::hour_rows(start, end, id).map(move |(hour, id, first)| HourRow {
         hour,
         id,
-        end: first.then_some((end, reason)),
+        first,
+        end,
+        reason,
     })
 }
 

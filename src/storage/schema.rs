@@ -6,7 +6,7 @@
 //! stored once in a dictionary table and rows hold small integers. Migration
 //! 4 renames the old tables (`v3_*`); [`super::migrate`] then copies their rows
 //! into the new ones and drops them, resumably, before the journal is used.
-//! Migration 5 moves the intervals' ends into the rows of their first hours.
+//! Migration 5 moves the intervals' ends into their hour rows.
 
 use std::path::Path;
 use std::time::Duration;
@@ -250,36 +250,53 @@ pub(super) const MIGRATIONS: &[&str] = &[
              JOIN texts m ON m.id = e.message LEFT JOIN targets t ON t.id = e.app
              LEFT JOIN texts p ON p.id = e.session LEFT JOIN agents a ON a.id = e.agent;
     ",
-    // 5: an interval's end is kept in the row of its first hour, which is
-    // written when it ends anyway, instead of in a table of its own
-    // (session_ends, connection_closes). Those were keyed by the interval's
-    // id, and intervals end in another order than they started, so every
-    // commit rewrote pages all over them: half of the write-ahead log's bytes
-    // and a fifth of the writer's time (docs/performance.md). The views find
-    // the end by the first hour's key, (hour of the start, id).
+    // 5: an interval's end is kept in its hour rows, which are written when
+    // it ends anyway, instead of in a table of its own (session_ends,
+    // connection_closes). Those were keyed by the interval's id, and
+    // intervals end in another order than they began, so every commit
+    // rewrote pages all over them: half of the write-ahead log's bytes and a
+    // fifth of the writer's time (docs/performance.md). The forensic queries
+    // read the end from the hour rows they start from; the views find it in
+    // the row of the first hour, (hour of the start, id).
     "
     ALTER TABLE session_hours ADD COLUMN ended_at INTEGER;
     ALTER TABLE session_hours ADD COLUMN end_reason INTEGER;
     ALTER TABLE connection_hours ADD COLUMN closed_at INTEGER;
     ALTER TABLE connection_hours ADD COLUMN close_reason INTEGER;
+    UPDATE session_hours SET ended_at = e.ended_at, end_reason = e.end_reason
+        FROM session_ends e WHERE e.id = session_hours.id;
+    UPDATE connection_hours SET closed_at = e.closed_at, close_reason = e.close_reason
+        FROM connection_closes e WHERE e.id = connection_hours.id;
     -- Retention of migration 4 dropped the hour rows before its cutoff, first
     -- ones included, of intervals that ended after it: those get theirs back.
-    INSERT INTO session_hours (hour, id, first, ended_at, end_reason)
+    INSERT OR IGNORE INTO session_hours (hour, id, first, ended_at, end_reason)
         SELECT (s.started_at - (s.started_at < 0) * 3599999999999) / 3600000000000,
                e.id, 1, e.ended_at, e.end_reason
-        FROM session_ends e JOIN sessions s ON s.id = e.id WHERE true
-        ON CONFLICT (hour, id) DO UPDATE
-            SET ended_at = excluded.ended_at, end_reason = excluded.end_reason;
-    INSERT INTO connection_hours (hour, id, first, closed_at, close_reason)
+        FROM session_ends e JOIN sessions s ON s.id = e.id;
+    INSERT OR IGNORE INTO connection_hours (hour, id, first, closed_at, close_reason)
         SELECT (c.opened_at - (c.opened_at < 0) * 3599999999999) / 3600000000000,
                e.id, 1, e.closed_at, e.close_reason
-        FROM connection_closes e JOIN connections c ON c.id = e.id WHERE true
-        ON CONFLICT (hour, id) DO UPDATE
-            SET closed_at = excluded.closed_at, close_reason = excluded.close_reason;
+        FROM connection_closes e JOIN connections c ON c.id = e.id;
     DROP VIEW sessions_v;
     DROP VIEW connections_v;
     DROP TABLE session_ends;
     DROP TABLE connection_closes;
+    -- The rows with their values and without their ends (the queries that
+    -- have the end from an hour row).
+    CREATE VIEW sessions_x AS
+        SELECT s.id, s.user AS user_ref, h.name AS host, u.key AS user_key,
+               u.directory AS user_directory, u.user_id AS user_id, s.proxy_session_id,
+               s.virtual_proxy, s.started_at,
+               (s.flags & 1) != 0 AS implied, (s.flags & 2) != 0 AS reconciled,
+               a.browser, a.browser_major, a.os, a.os_version
+        FROM sessions s JOIN hosts h ON h.id = s.host JOIN users u ON u.id = s.user
+             LEFT JOIN agents a ON a.id = s.agent;
+    CREATE VIEW connections_x AS
+        SELECT c.id, h.name AS host, u.key AS user_key, t.key AS app_key, t.app_id,
+               c.proxy_session_id, c.opened_at
+        FROM connections c JOIN hosts h ON h.id = c.host JOIN users u ON u.id = c.user
+             JOIN targets t ON t.id = c.target;
+    -- And with them.
     CREATE VIEW sessions_v AS
         SELECT s.id, s.user AS user_ref, h.name AS host, u.key AS user_key,
                u.directory AS user_directory, u.user_id AS user_id, s.proxy_session_id,

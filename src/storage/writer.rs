@@ -197,8 +197,7 @@ pub fn spawn_writer(
                     }
                     // A second without rows after many: the flood is over.
                     Err(RecvTimeoutError::Timeout)
-                        if first_pending.is_none()
-                            && w.committed_since_trim >= TRIM_AFTER_ROWS =>
+                        if first_pending.is_none() && w.committed_since_trim >= TRIM_AFTER_ROWS =>
                     {
                         super::release_memory();
                         w.committed_since_trim = 0;
