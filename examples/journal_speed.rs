@@ -1,7 +1,12 @@
 //! How fast the journal writer commits events (rows per second), in isolation:
 //! the rows are made first (as the core thread makes them), then handed to a
 //! writer thread in the core's message sizes, and timed until committed.
-//! `cargo run --release --example journal_speed [EVENTS]` (default 2,000,000)
+//! `cargo run --release --example journal_speed [EVENTS] [RATE]` (default
+//! 2,000,000 events, all at once). With RATE, the messages are handed over
+//! at RATE events per second, as the daemon's core hands them over, so each
+//! commit window holds what arrived in it: the writer's cost at that rate.
+//! Also printed: what the writer thread wrote (`wchar`), mostly the
+//! write-ahead log, so the bytes per event show how local its writes are.
 use std::time::{Duration, Instant};
 use whosin::ingest::parse::Parser;
 use whosin::live::LiveState;
@@ -35,6 +40,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
+    let rate: Option<f64> = std::env::args().nth(2).and_then(|a| a.parse().ok());
     let mut seq = 0;
     let mut rows = 0;
     let mut msgs = Vec::new();
@@ -60,8 +66,15 @@ fn main() {
     msgs.push(storage::Msg::Rows(enc.take()));
     let encoded = encoding.elapsed().as_secs_f64();
     let start = Instant::now();
-    for m in msgs {
+    let per_event = msgs.len() as f64 / seq as f64;
+    for (i, m) in msgs.into_iter().enumerate() {
         tx.send(m).unwrap();
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(i as f64 / per_event / rate);
+            while Instant::now() < due {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     }
     let (ftx, frx) = std::sync::mpsc::channel();
     tx.send(storage::Msg::Flush(ftx)).unwrap();
@@ -79,12 +92,33 @@ fn main() {
             seq as f64 / cpu
         );
     }
+    if let Some(w) = thread_io("whosin-journal", "wchar") {
+        println!(
+            "writer thread wrote {:.1} MB: {:.0} bytes per event",
+            w / 1e6,
+            w / seq as f64
+        );
+    }
     println!(
         "(parsing, the live state and encoding took {encoded:.2} s before, on this thread: \
          the core's work in the daemon)"
     );
     drop(tx);
     writer.join().unwrap();
+}
+
+/// The counter `key` of `/proc/self/task/*/io` for the thread named `name`.
+fn thread_io(name: &str, key: &str) -> Option<f64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim() != name {
+            continue;
+        }
+        let io = std::fs::read_to_string(dir.join("io")).ok()?;
+        let line = io.lines().find(|l| l.starts_with(&format!("{key}:")))?;
+        return line.split_whitespace().nth(1)?.parse().ok();
+    }
+    None
 }
 
 /// utime + stime of this process's thread named `name`, in seconds (Linux).
