@@ -104,16 +104,8 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                 at,
                 reason,
             } => {
-                // The first end of an interval is the one that counts: a
-                // second would list it under hours the first did not.
-                let first_end = match session_at.get(id) {
-                    Some(&i) => !std::mem::replace(&mut sessions[i].ended, true),
-                    None => ended_before.insert(*id),
-                };
-                if first_end {
-                    if !session_at.contains_key(id) {
-                        updates.push(row);
-                    }
+                let in_batch = session_at.get(id).map(|&i| &mut sessions[i].ended);
+                if first_end(in_batch, &mut ended_before, *id, row, &mut updates) {
                     session_hours.extend(hour_rows(*started_at, *at, *reason, *id));
                 }
             }
@@ -130,14 +122,8 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
                 at,
                 reason,
             } => {
-                let first_end = match connection_at.get(id) {
-                    Some(&i) => !std::mem::replace(&mut connections[i].closed, true),
-                    None => closed_before.insert(*id),
-                };
-                if first_end {
-                    if !connection_at.contains_key(id) {
-                        updates.push(row);
-                    }
+                let in_batch = connection_at.get(id).map(|&i| &mut connections[i].closed);
+                if first_end(in_batch, &mut closed_before, *id, row, &mut updates) {
                     connection_hours.extend(hour_rows(*opened_at, *at, *reason, *id));
                 }
             }
@@ -255,6 +241,29 @@ pub(super) fn write_rows_in(tx: &Transaction<'_>, rows: &[Row]) -> rusqlite::Res
         hour,
     )?;
     Ok(())
+}
+
+/// Whether an end (`row`, of interval `id`) is the interval's first in this
+/// batch, the one that counts: a second would list it under hours the first
+/// did not. `in_batch` is the interval's flag when it began in this batch;
+/// an end of an earlier batch's interval goes to `updates`.
+fn first_end<'a>(
+    in_batch: Option<&mut bool>,
+    ended_before: &mut HashSet<u64>,
+    id: u64,
+    row: &'a Row,
+    updates: &mut Vec<&'a Row>,
+) -> bool {
+    match in_batch {
+        Some(ended) => !std::mem::replace(ended, true),
+        None => {
+            let first = ended_before.insert(id);
+            if first {
+                updates.push(row);
+            }
+            first
+        }
+    }
 }
 
 /// One row of an hour table: an ended interval listed under an hour it

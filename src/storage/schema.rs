@@ -296,26 +296,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
                c.proxy_session_id, c.opened_at
         FROM connections c JOIN hosts h ON h.id = c.host JOIN users u ON u.id = c.user
              JOIN targets t ON t.id = c.target;
-    -- And with them.
+    -- And with them (the columns in the order of schema 4).
     CREATE VIEW sessions_v AS
-        SELECT s.id, s.user AS user_ref, h.name AS host, u.key AS user_key,
-               u.directory AS user_directory, u.user_id AS user_id, s.proxy_session_id,
-               s.virtual_proxy, s.started_at, e.ended_at, e.end_reason,
-               (s.flags & 1) != 0 AS implied, (s.flags & 2) != 0 AS reconciled,
-               a.browser, a.browser_major, a.os, a.os_version
-        FROM sessions s JOIN hosts h ON h.id = s.host JOIN users u ON u.id = s.user
-             LEFT JOIN session_hours e
-                 ON e.hour = (s.started_at - (s.started_at < 0) * 3599999999999) / 3600000000000
-                AND e.id = s.id
-             LEFT JOIN agents a ON a.id = s.agent;
+        SELECT x.id, x.user_ref, x.host, x.user_key, x.user_directory, x.user_id,
+               x.proxy_session_id, x.virtual_proxy, x.started_at, e.ended_at, e.end_reason,
+               x.implied, x.reconciled, x.browser, x.browser_major, x.os, x.os_version
+        FROM sessions_x x LEFT JOIN session_hours e
+             ON e.hour = (x.started_at - (x.started_at < 0) * 3599999999999) / 3600000000000
+            AND e.id = x.id;
     CREATE VIEW connections_v AS
-        SELECT c.id, h.name AS host, u.key AS user_key, t.key AS app_key, t.app_id,
-               c.proxy_session_id, c.opened_at, e.closed_at, e.close_reason
-        FROM connections c JOIN hosts h ON h.id = c.host JOIN users u ON u.id = c.user
-             JOIN targets t ON t.id = c.target
-             LEFT JOIN connection_hours e
-                 ON e.hour = (c.opened_at - (c.opened_at < 0) * 3599999999999) / 3600000000000
-                AND e.id = c.id;
+        SELECT x.*, e.closed_at, e.close_reason
+        FROM connections_x x LEFT JOIN connection_hours e
+             ON e.hour = (x.opened_at - (x.opened_at < 0) * 3599999999999) / 3600000000000
+            AND e.id = x.id;
     ",
 ];
 
