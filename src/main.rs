@@ -139,6 +139,24 @@ enum SessionsCmd {
     },
 }
 
+/// Writes `out` to standard output. A reader that stopped early (`whosin
+/// who | head`) is not an error: the rest is not wanted.
+fn print_all(out: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("whosin who: cannot write the answer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for every HTTPS client in the process (ring: no C toolchain beyond cc).
@@ -211,11 +229,8 @@ fn main() -> ExitCode {
                 ca,
             };
             match whosin::who::run(&opts) {
-                Ok(out) => {
-                    // JSON is the API's body byte for byte; the table ends in a newline.
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
+                // JSON is the API's body byte for byte; the table ends in a newline.
+                Ok(out) => print_all(&out),
                 Err(e) => {
                     eprintln!("whosin who: {e:#}");
                     if e.downcast_ref::<whosin::who::BadRequest>().is_some() {

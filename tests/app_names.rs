@@ -153,6 +153,18 @@ fn names_reach_every_place_new_apps_within_seconds_and_renames_after_a_refresh()
         "{csv}"
     );
     assert!(lines[1].contains(",Finance,"), "{csv}");
+    // Piped into a reader that stops early (`| head`): no panic, success.
+    let mut child = Command::new(common::bin())
+        .args(["who", "--server", &format!("http://{}", d.http)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
 
     // The sinks write the name they know when they send.
     let tag = poll("the Sales point in InfluxDB", || {
