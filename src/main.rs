@@ -140,20 +140,17 @@ enum SessionsCmd {
 }
 
 /// Writes `out` to standard output. A reader that stopped early (`whosin
-/// who | head`) is not an error: the rest is not wanted.
-fn print_all(out: &str) -> ExitCode {
+/// who | head`) is not an error: the rest is not wanted. (Rust ignores
+/// SIGPIPE, so `print!` would panic there.)
+fn print_all(out: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("whosin who: cannot write the answer: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }
 
@@ -230,7 +227,13 @@ fn main() -> ExitCode {
             };
             match whosin::who::run(&opts) {
                 // JSON is the API's body byte for byte; the table ends in a newline.
-                Ok(out) => print_all(&out),
+                Ok(out) => match print_all(&out) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("whosin who: cannot write the answer: {e}");
+                        ExitCode::from(1)
+                    }
+                },
                 Err(e) => {
                     eprintln!("whosin who: {e:#}");
                     if e.downcast_ref::<whosin::who::BadRequest>().is_some() {
@@ -419,7 +422,10 @@ fn import_butler_sos(file: &std::path::Path, output: Option<&std::path::Path>) -
             );
         }
         None => {
-            print!("{}", imported.yaml);
+            if let Err(e) = print_all(&imported.yaml) {
+                eprintln!("whosin: cannot write the configuration: {e}");
+                return ExitCode::from(1);
+            }
             let envs: Vec<&str> = imported
                 .secrets
                 .iter()
